@@ -1,0 +1,3 @@
+from consulresults.cli import main
+
+main()

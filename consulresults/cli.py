@@ -1,0 +1,200 @@
+"""``consul-results``: the ops command line. It parses options and renders; the work happens in
+the library modules, imported inside each command so that ``--help`` stays fast."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import __version__
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+app = typer.Typer(
+    name="consul-results",
+    help="Inspect, fetch, wait for and clean Celery task results stored in HashiCorp Consul.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
+    """Print one error line on stderr and return the Exit to raise."""
+    typer.echo(f"consul-results: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"consul-results {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Inspect, fetch, wait for and clean Celery task results stored in HashiCorp Consul."""
+
+
+@app.command("dev-server")
+def dev_server(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on; 0 picks a free port.")] = 8500,
+    node_name: Annotated[str, typer.Option(help="The node's name.")] = "consul-results-dev",
+    datacenter: Annotated[str, typer.Option(help="The datacenter's name.")] = "dc1",
+    acl_default_policy: Annotated[
+        str | None, typer.Option(help="Enable ACLs with this default policy: allow or deny.")
+    ] = None,
+    acl_management_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CONSUL_DEV_MANAGEMENT_TOKEN",
+            help="Enable ACLs with this management (all-powerful) token secret.",
+        ),
+    ] = None,
+    acl_token: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Enable ACLs and add a token: SECRET=RULES, RULES in Consul's JSON rule form, "
+            "e.g. "
+            '\'app-token={"key_prefix":{"app/":"write"},"session_prefix":{"":"write"}}\'. '
+            "Repeatable."
+        ),
+    ] = None,
+    acl_tokens_file: Annotated[
+        Path | None,
+        typer.Option(help="Enable ACLs and add tokens from a JSON file {SECRET: RULES, ...}."),
+    ] = None,
+    session_ttl_min: Annotated[
+        str, typer.Option(help="Shortest session TTL accepted (Consul's session_ttl_min).")
+    ] = "10s",
+    session_ttl_multiplier: Annotated[
+        float,
+        typer.Option(help="Sessions are invalidated TTL x this after the last renew (Consul: 2)."),
+    ] = 2.0,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Keep state in this directory across restarts (default: memory only)."),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="Serve HTTPS with this certificate.")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="Private key of --tls-cert.")] = None,
+    tls_ca: Annotated[
+        Path | None, typer.Option(help="Require client certificates signed by this CA.")
+    ] = None,
+    kv_max_value_size: Annotated[
+        int, typer.Option(help="Largest KV value in bytes (Consul's kv_max_value_size).")
+    ] = 524_288,
+    fault_error_fraction: Annotated[
+        float,
+        typer.Option(help="Answer this fraction of API requests with --fault-status/--fault-body."),
+    ] = 0.0,
+    fault_status: Annotated[int, typer.Option(help="Status of injected errors.")] = 500,
+    fault_body: Annotated[str, typer.Option(help="Body of injected errors.")] = "No cluster leader",
+    fault_latency: Annotated[
+        str | None, typer.Option(help="Delay API requests by this duration (e.g. 2s).")
+    ] = None,
+    fault_latency_fraction: Annotated[
+        float, typer.Option(help="Fraction of requests delayed by --fault-latency.")
+    ] = 1.0,
+    fault_reset_fraction: Annotated[
+        float, typer.Option(help="Reset the connection of this fraction of API requests.")
+    ] = 0.0,
+    fault_seed: Annotated[int | None, typer.Option(help="Seed for fractional faults.")] = None,
+) -> None:
+    """Run a Consul-compatible dev server (single node, for development and tests only)."""
+    import asyncio
+    import json
+
+    from .devserver import AclConfig, AclRuleError, DevServer, FaultRule
+    from .devserver.durations import DurationError, parse_go_duration
+    from .devserver.server import serve_forever
+
+    tokens: dict[str, str | dict] = {}
+    try:
+        if acl_tokens_file is not None:
+            tokens.update(json.loads(acl_tokens_file.read_text()))
+        for item in acl_token or []:
+            secret, sep, rules = item.partition("=")
+            if not sep or not secret:
+                raise fail("--acl-token must look like SECRET=RULES", EXIT_USAGE)
+            tokens[secret] = rules
+        acl_enabled = bool(acl_default_policy or acl_management_token or tokens)
+        acl = AclConfig(
+            enabled=acl_enabled,
+            default_policy=acl_default_policy or "allow",
+            management_token=acl_management_token,
+            tokens=tokens,
+        )
+        server = DevServer(
+            host=host,
+            port=port,
+            node_name=node_name,
+            datacenter=datacenter,
+            acl=acl,
+            session_ttl_min=session_ttl_min,
+            session_ttl_multiplier=session_ttl_multiplier,
+            data_dir=data_dir,
+            tls_cert=_str(tls_cert),
+            tls_key=_str(tls_key),
+            tls_ca=_str(tls_ca),
+            kv_max_value_size=kv_max_value_size,
+            fault_seed=fault_seed,
+        )
+        if fault_error_fraction:
+            server.faults.add(
+                FaultRule(
+                    "error", fraction=fault_error_fraction, status=fault_status, body=fault_body
+                )
+            )
+        if fault_latency:
+            server.faults.add(
+                FaultRule(
+                    "latency",
+                    fraction=fault_latency_fraction,
+                    seconds=parse_go_duration(fault_latency) / 1e9,
+                )
+            )
+        if fault_reset_fraction:
+            server.faults.add(FaultRule("reset", fraction=fault_reset_fraction))
+    except (AclRuleError, DurationError, ValueError, OSError) as exc:
+        raise fail(f"invalid dev-server option: {exc}", EXIT_USAGE) from None
+
+    def announce(url: str) -> None:
+        print(f"consul-results dev-server listening on {url}", flush=True)
+
+    try:
+        asyncio.run(serve_forever(server, announce))
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise fail(
+            f"cannot listen on {host}:{port}: {reason.lower()} "
+            "(choose another --port, or --port 0 for a free one)"
+        ) from None
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="consul-results")
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(EXIT_OK)

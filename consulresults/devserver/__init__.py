@@ -1,0 +1,19 @@
+"""A Consul-compatible dev server: the HTTP API subset a Celery result backend and its ops CLI
+use (KV, sessions, txn, blocking queries, ACLs, status, agent/self), with Consul's semantics.
+
+Single node, in memory unless given a data directory, for development and tests only. It imports
+nothing from the rest of :mod:`consulresults`.
+"""
+
+from .acl import AclConfig, AclRuleError
+from .faults import FaultInjector, FaultRule
+from .server import DevServer, DevServerProcess
+
+__all__ = [
+    "AclConfig",
+    "AclRuleError",
+    "DevServer",
+    "DevServerProcess",
+    "FaultInjector",
+    "FaultRule",
+]

@@ -1,0 +1,340 @@
+"""Running the dev server: in a background thread (tests, Python API), in the foreground (the
+``dev-server`` command), or as a child process that a test can kill and restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict
+
+from aiohttp import web
+
+from .acl import AclConfig
+from .api import ConsulApi, Counters, ServerConfig
+from .durations import parse_go_duration
+from .faults import FaultInjector, FaultRule
+from .persistence import DataDir
+from .store import Store
+
+TICK_SECONDS = 0.05
+TOMBSTONE_REAP_SECONDS = 10.0
+
+
+class DevServer:
+    """A Consul-compatible dev server: ``with DevServer() as server: ... server.url``.
+
+    ``port=0`` picks a free port. ``session_ttl_min`` and ``session_ttl_multiplier`` let tests
+    shorten TTL expiry (Consul's defaults are ``10s`` and 2). ``faults`` injects failures.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        node_name: str = "consul-results-dev",
+        datacenter: str = "dc1",
+        acl: AclConfig | None = None,
+        session_ttl_min: str = "10s",
+        session_ttl_multiplier: float = 2.0,
+        tombstone_ttl: str = "15m",
+        data_dir: str | os.PathLike | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        tls_ca: str | None = None,
+        kv_max_value_size: int = 524_288,
+        fault_seed: int | None = None,
+        control: bool = True,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.config = ServerConfig(
+            node_name=node_name,
+            datacenter=datacenter,
+            acl=acl or AclConfig(),
+            kv_max_value_size=kv_max_value_size,
+            control=control,
+        )
+        self.session_ttl_min_ns = parse_go_duration(session_ttl_min)
+        self.session_ttl_multiplier = session_ttl_multiplier
+        self.tombstone_ttl_s = parse_go_duration(tombstone_ttl) / 1e9
+        self.data_dir = data_dir
+        self.ssl_context = _server_ssl_context(tls_cert, tls_key, tls_ca)
+        self.faults = FaultInjector(seed=fault_seed)
+        self._counters = Counters()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._ticker: asyncio.Task | None = None
+        self._data: DataDir | None = None
+        self.store: Store | None = None
+
+    # ------------------------------------------------------------------ addresses
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.ssl_context else "http"
+
+    @property
+    def address(self) -> str:
+        """``host:port``, the form CONSUL_HTTP_ADDR takes."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.address}"
+
+    # ------------------------------------------------------------------ lifecycle (async)
+
+    async def start_async(self) -> None:
+        """Load state, bind the port (raising OSError if busy) and start the timers."""
+        self.store = Store(
+            self.config.node_name,
+            self.session_ttl_min_ns,
+            self.session_ttl_multiplier,
+            self.tombstone_ttl_s,
+        )
+        if self.data_dir is not None:
+            self._data = DataDir(self.data_dir)
+            self._data.open(self.store)
+        api = ConsulApi(self.store, self.config, self.faults, self._counters)
+        self._runner = web.AppRunner(api.make_app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
+        try:
+            await site.start()
+        except OSError:
+            await self._runner.cleanup()
+            raise
+        self.port = self._runner.addresses[0][1]
+        self._ticker = asyncio.create_task(self._tick())
+
+    async def stop_async(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._data is not None:
+            self._data.close()
+
+    async def _tick(self) -> None:
+        """Expire sessions whose TTL ran out, and reap old tombstones now and then."""
+        since_reap = 0.0
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            self.store.expire_sessions()
+            since_reap += TICK_SECONDS
+            if since_reap >= TOMBSTONE_REAP_SECONDS:
+                self.store.reap_tombstones()
+                since_reap = 0.0
+
+    # ------------------------------------------------------------------ lifecycle (thread)
+
+    def start(self) -> DevServer:
+        """Start serving from a background thread; returns once requests are answered."""
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            try:
+                self._loop.run_until_complete(self.start_async())
+            except BaseException as exc:  # reported to the caller of start()
+                failure.append(exc)
+                ready.set()
+                return
+            ready.set()
+            self._loop.run_forever()
+            self._loop.run_until_complete(self.stop_async())
+            self._loop.close()
+
+        self._thread = threading.Thread(target=run, name="consul-dev-server", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failure:
+            raise failure[0]
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def __enter__(self) -> DevServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def call(self, fn: Callable[[], object]) -> object:
+        """Run ``fn`` on the server's loop (the store is not thread-safe) and return its result."""
+
+        async def wrapper():
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(wrapper(), self._loop).result(timeout=10)
+
+    # ------------------------------------------------------------------ test helpers
+
+    def counters(self) -> dict[str, int]:
+        """Requests per endpoint (``kv.get``, ``kv.put``, ``txn``...), ``requests`` and
+        ``connections`` (distinct TCP connections) since start or the last reset."""
+        return self._counters.snapshot()
+
+    def reset_counters(self) -> None:
+        self._counters.reset()
+
+    def set_node_health(self, healthy: bool) -> None:
+        """Turn the node's serfHealth check critical (invalidating sessions that watch it)."""
+        self.call(lambda: self.store.set_node_health(healthy))
+
+
+async def serve_forever(server: DevServer, announce: Callable[[str], None]) -> None:
+    """Run ``server`` in this process's loop until SIGINT or SIGTERM, then stop cleanly."""
+    await server.start_async()
+    announce(server.url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop_async()
+
+
+def _server_ssl_context(cert: str | None, key: str | None, ca: str | None) -> ssl.SSLContext | None:
+    """TLS when a certificate is given; with a CA too, clients must present a certificate."""
+    if not cert:
+        if key or ca:
+            raise ValueError(
+                "TLS needs --tls-cert (with --tls-key); --tls-key/--tls-ca alone do not enable it"
+            )
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    if ca:
+        context.load_verify_locations(ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+class RemoteFaults(FaultInjector):
+    """Fault injection of a dev server in another process, through its control endpoint."""
+
+    def __init__(self, control: ControlClient) -> None:
+        super().__init__()
+        self._control = control
+
+    def add(self, rule: FaultRule) -> FaultRule:
+        self._control.request("PUT", "/_dev/faults", asdict(rule))
+        return rule
+
+    def clear(self) -> None:
+        self._control.request("DELETE", "/_dev/faults")
+
+    def rules(self) -> list[dict]:
+        return self._control.request("GET", "/_dev/faults")["rules"]
+
+
+class ControlClient:
+    """Calls a dev server's ``/_dev/`` endpoints (stdlib only, no connection reuse needed)."""
+
+    def __init__(self, url: str, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.url = url
+        self.ssl_context = ssl_context
+
+    def request(self, method: str, path: str, body: object = None) -> object:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        with urllib.request.urlopen(req, timeout=10, context=self.ssl_context) as resp:
+            return json.loads(resp.read())
+
+
+class DevServerProcess:
+    """``consul-results dev-server`` as a child process, for tests that kill and restart it.
+
+    Same handle shape as :class:`DevServer` (``url``, ``address``, ``faults``, ``counters()``).
+    A restart reuses the port and the ``--data-dir``, like an agent restarted in place.
+    """
+
+    def __init__(self, *args: str, port: int = 0) -> None:
+        self.args = list(args)
+        self.port = port
+        self.host = "127.0.0.1"
+        self.process: subprocess.Popen | None = None
+        self.url = ""
+
+    def start(self) -> DevServerProcess:
+        cmd = [
+            sys.executable,
+            "-m",
+            "consulresults",
+            "dev-server",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            *self.args,
+        ]
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives with the process
+        self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._stderr, text=True)
+        line = self.process.stdout.readline()
+        if not line:
+            self.process.wait()
+            self._stderr.seek(0)
+            raise RuntimeError(f"dev server did not start: {self._stderr.read().strip()}")
+        self.url = line.split()[-1]
+        self.port = int(self.url.rsplit(":", 1)[1])
+        return self
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def control(self) -> ControlClient:
+        return ControlClient(self.url)
+
+    @property
+    def faults(self) -> RemoteFaults:
+        return RemoteFaults(self.control)
+
+    def counters(self) -> dict[str, int]:
+        return self.control.request("GET", "/_dev/counters")
+
+    def reset_counters(self) -> None:
+        self.control.request("DELETE", "/_dev/counters")
+
+    def set_node_health(self, healthy: bool) -> None:
+        self.control.request("PUT", f"/_dev/node-health?healthy={str(healthy).lower()}")
+
+    def kill(self) -> None:
+        """SIGKILL: no snapshot, no goodbye — what a crash or OOM kill does."""
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+    def restart(self) -> DevServerProcess:
+        self.stop()
+        return self.start()
+
+    def __enter__(self) -> DevServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
