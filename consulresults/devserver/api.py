@@ -137,7 +137,7 @@ class ConsulApi:
 
     def make_app(self) -> web.Application:
         app = web.Application(client_max_size=1024**3)
-        app.router.add_route("*", "/{tail:.*}", self.dispatch)
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self.dispatch)
         return app
 
     def _notify(self) -> None:
