@@ -1,0 +1,602 @@
+"""Celery result backend that keeps task, group and chord state in Consul's KV store.
+
+Select it with ``result_backend = "consulresults://[TOKEN@]host[:8500]/prefix?option=value"``.
+It is a drop-in replacement for ``celery.backends.consul.ConsulBackend``: same keys, so each reads
+the other's results. What it does differently, and why:
+
+- Every write is one ``/v1/txn`` that checks and writes atomically: ``check-not-exists`` (or
+  ``check-index`` against the last index this process wrote) followed by ``lock`` under a session.
+  Consul refuses ``?acquire`` on a key another session holds, so the previous holder is unlocked
+  in the same transaction; a SUCCESS is never overwritten, and a refused write is never ignored.
+- Sessions are reused: one per process, TTL and time window, with no health checks and lock-delay 0,
+  so a first write is one request and results vanish only when their TTL has passed.
+- Expiry beyond what sessions can express (over 24 h, or ``None``) is recorded in the key's
+  ``Flags`` (a Unix time) and enforced by :meth:`ConsulBackend.cleanup`.
+- ``mget`` is batched through ``/v1/txn``; ``wait_for`` uses Consul blocking queries.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import socket
+import threading
+import time
+import uuid
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import consul.base
+import requests
+from celery import states
+from celery.backends.base import KeyValueStoreBackend
+from celery.exceptions import BackendStoreError, ImproperlyConfigured, TimeoutError
+from celery.utils.log import get_logger
+from kombu.utils.encoding import bytes_to_str
+
+from . import layout
+from .connection import ConsulClient, RawResponse, connect
+from .settings import ConsulSettings, SettingsError, resolve
+
+logger = get_logger(__name__)
+
+MAX_VALUE_SIZE = 524_288
+MAX_TTL = 86_400
+MIN_TTL = 10
+MAX_WINDOW = 300.0
+TXN_OPS = 128
+LEGACY_TXN_OPS = 64
+WRITE_ATTEMPTS = 20
+KNOWN_INDEXES = 4096
+BLOCK_SECONDS = 10.0
+CELERY_SETTINGS = (
+    "token",
+    "token_file",
+    "scheme",
+    "ca_file",
+    "client_cert",
+    "client_key",
+    "verify",
+    "datacenter",
+    "consistency",
+    "timeout",
+    "session_window",
+)
+
+
+class ConsulWriteConflict(BackendStoreError):
+    """Other writers kept changing a key while this process tried to write it."""
+
+
+@dataclass(frozen=True)
+class ExpiryPlan:
+    """How results that must live ``expires`` seconds are kept: a session TTL, or Flags only."""
+
+    expires: float | None
+    session_ttl: int | None
+    window: float
+
+    @classmethod
+    def for_expires(cls, expires: float | None, window: float | None = None) -> ExpiryPlan:
+        """Sessions live TTL ≥ expires + window, so every result written during the window lives
+        at least ``expires``; when that does not fit Consul's 24 h cap, no session is used."""
+        if not expires:
+            return cls(None, None, 0.0)
+        if window is None:
+            window = min(MAX_WINDOW, max(1.0, expires / 4))
+        window = min(window, MAX_TTL - expires)
+        if window < 1.0:
+            return cls(expires, None, 0.0)
+        return cls(expires, max(MIN_TTL, math.ceil(expires + window)), window)
+
+    def flags(self, now: float | None = None) -> int:
+        """Unix time after which the result may be removed (0: never)."""
+        if not self.expires:
+            return 0
+        return math.ceil((time.time() if now is None else now) + self.expires)
+
+
+class SessionPool:
+    """This process's sessions, one per TTL, each used for writes during its window."""
+
+    def __init__(self, client: ConsulClient) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+        self._sessions: dict[int, tuple[str, float, int]] = {}
+        self.name = f"consul-results:{socket.gethostname()}"
+
+    def get(self, plan: ExpiryPlan) -> str | None:
+        if plan.session_ttl is None:
+            return None
+        with self._lock:
+            found = self._sessions.get(plan.session_ttl)
+            now = time.monotonic()
+            if found and found[2] == os.getpid() and now - found[1] < plan.window:
+                return found[0]
+            session_id = self._client.session.create(
+                name=f"{self.name}:{os.getpid()}",
+                behavior="delete",
+                ttl=plan.session_ttl,
+                lock_delay=0,
+                checks=[],
+            )
+            self._sessions[plan.session_ttl] = (session_id, now, os.getpid())
+            return session_id
+
+    def discard(self, session_id: str) -> None:
+        """Forget a session Consul no longer knows (expired or destroyed by an operator)."""
+        with self._lock:
+            for ttl, found in list(self._sessions.items()):
+                if found[0] == session_id:
+                    del self._sessions[ttl]
+
+
+@dataclass
+class WriteOutcome:
+    written: bool
+    index: int = 0
+    errors: list[dict] | None = None
+
+
+class ConsulBackend(KeyValueStoreBackend):
+    """Consul KV result backend: atomic writes, reused sessions, batched reads, blocking waits."""
+
+    supports_native_join = True
+    implements_incr = True
+    supports_failure_expires = True
+    supports_result_compression = True
+    key_t = str
+
+    def __init__(self, *args, url: str | None = None, **kwargs) -> None:
+        super().__init__(*args, url=url, **kwargs)
+        conf = self.app.conf
+        explicit = {name: conf.get(f"consulresults_{name}") for name in CELERY_SETTINGS}
+        try:
+            self.settings: ConsulSettings = resolve(url, explicit)
+        except SettingsError as exc:
+            raise ImproperlyConfigured(f"consulresults backend: {exc}") from None
+        self.prefix = self.settings.prefix
+        self.expires = self.prepare_expires(kwargs.get("expires"), type=float)
+        failure = conf.get("result_failure_expires")
+        self.failure_expires = (
+            self.expires if failure is None else self.prepare_expires(failure, type=float)
+        )
+        self.expiry = self._plan(self.expires)
+        self.client = connect(self.settings)
+        self.sessions = SessionPool(self.client)
+        self._known: OrderedDict[str, tuple[int, str, bool]] = OrderedDict()
+        self._known_lock = threading.Lock()
+        self._txn_ops = TXN_OPS
+        self._get_or_empty = True
+
+    def _plan(self, expires: float | None) -> ExpiryPlan:
+        if expires and expires < MIN_TTL:
+            warnings.warn(
+                f"result_expires={expires:g}s is below Consul's 10 s session minimum: results "
+                "will live at least 10 s",
+                UserWarning,
+                stacklevel=3,
+            )
+        return ExpiryPlan.for_expires(expires, self.settings.session_window)
+
+    @property
+    def supports_autoexpire(self) -> bool:
+        """True when Consul expires results by itself; False makes celery beat schedule
+        ``celery.backend_cleanup``, which removes results whose recorded expiry has passed."""
+        return self.expiry.session_ttl is not None or not self.expires
+
+    def as_uri(self, include_password: bool = False) -> str:
+        """The backend URL without the token, whatever ``include_password`` says."""
+        return self.settings.redacted_url()
+
+    def __reduce__(self, args=(), kwargs=None):
+        return super().__reduce__(args, dict(kwargs or {}, url=self.url, expires=self.expires))
+
+    # ------------------------------------------------------------------ keys
+
+    def _key(self, name: str | bytes) -> str:
+        return layout.full_key(self.prefix, bytes_to_str(name))
+
+    def _remember(self, key: str, index: int, session: str, is_success: bool = False) -> None:
+        """Keep the index this process last wrote, so its next write needs no read."""
+        with self._known_lock:
+            self._known[key] = (index, session, is_success)
+            self._known.move_to_end(key)
+            while len(self._known) > KNOWN_INDEXES:
+                self._known.popitem(last=False)
+
+    def _forget_index(self, key: str) -> None:
+        with self._known_lock:
+            self._known.pop(key, None)
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, key: str | bytes) -> bytes | None:
+        _, entry = self.client.kv.get(self._key(key))
+        return entry["Value"] if entry else None
+
+    def _entry(self, key: str) -> dict | None:
+        return self.client.kv.get(key)[1]
+
+    def mget(self, keys: list) -> list[bytes | None]:
+        """Values for many keys in as few requests as the server's txn limit allows."""
+        names = [self._key(k) for k in keys]
+        found: dict[str, bytes | None] = {}
+        pos = 0
+        while pos < len(names):
+            batch = names[pos : pos + self._txn_ops]
+            if self._get_or_empty:
+                results = self._read_batch(batch, "get-or-empty")
+                if results is None:
+                    continue  # the server was older than it looked; retry this batch
+            else:
+                results = self._read_batch_legacy(batch)
+            found.update(results)
+            pos += len(batch)
+        return [found.get(name) for name in names]
+
+    def _read_batch(self, names: list[str], verb: str) -> dict[str, bytes | None] | None:
+        response = self._txn([{"KV": {"Verb": verb, "Key": n}} for n in names])
+        if response.status == 200:
+            return {
+                r["KV"]["Key"]: _decode_value(r["KV"]["Value"]) for r in response.body["Results"]
+            }
+        if self._degrade_for(response):
+            return None
+        raise _txn_error(response)
+
+    def _read_batch_legacy(self, names: list[str]) -> dict[str, bytes | None]:
+        """Before Consul 1.14 there is no get-or-empty: a missing key fails the whole txn, with
+        every failing op reported, so a second txn without those keys gets the rest."""
+        response = self._txn([{"KV": {"Verb": "get", "Key": n}} for n in names])
+        if response.status == 200:
+            return {
+                r["KV"]["Key"]: _decode_value(r["KV"]["Value"]) for r in response.body["Results"]
+            }
+        if response.status != 409:
+            raise _txn_error(response)
+        missing = {names[e["OpIndex"]] for e in response.body["Errors"]}
+        present = [n for n in names if n not in missing]
+        found = self._read_batch_legacy(present) if present else {}
+        return {**dict.fromkeys(missing), **found}
+
+    def _degrade_for(self, response: RawResponse) -> bool:
+        """Adapt to a pre-1.14 server (64 ops, no get-or-empty); True if the call may be retried."""
+        text = json.dumps(response.body)
+        if response.status == 413 and self._txn_ops > LEGACY_TXN_OPS:
+            self._txn_ops = LEGACY_TXN_OPS
+            return True
+        if response.status == 409 and "get-or-empty" in text:
+            self._get_or_empty = False
+            return True
+        return False
+
+    def _txn(self, ops: list[dict]) -> RawResponse:
+        return self.client.http.raw("PUT", "/v1/txn", body=ops)
+
+    # ------------------------------------------------------------------ writes
+
+    def set(self, key: str | bytes, value: bytes | str) -> None:
+        self._write(self._key(key), value, self.expiry)
+
+    def _set_with_state(self, key, value, state) -> None:
+        self._write(self._key(key), value, self._plan_for_state(state))
+
+    def _plan_for_state(self, state: str) -> ExpiryPlan:
+        """Failed tasks may expire differently (Celery 5.7's ``result_failure_expires``)."""
+        if state == states.FAILURE and self.failure_expires != self.expires:
+            return self._plan(self.failure_expires)
+        return self.expiry
+
+    def _store_result(self, task_id, result, state, traceback=None, request=None, **kwargs):
+        """Store atomically, never over a SUCCESS (Celery's guard, without its race)."""
+        meta = self._get_result_meta(
+            result=result, state=state, traceback=traceback, request=request
+        )
+        meta["task_id"] = bytes_to_str(task_id)
+        try:
+            self._write(
+                self._key(self.get_key_for_task(task_id)),
+                self.encode(meta),
+                self._plan_for_state(state),
+                keep_success=True,
+                is_success=state == states.SUCCESS,
+            )
+        except BackendStoreError as exc:
+            raise BackendStoreError(str(exc), state=state, task_id=task_id) from exc
+        return result
+
+    def _write(
+        self,
+        key: str,
+        value: bytes | str,
+        plan: ExpiryPlan,
+        keep_success: bool = False,
+        is_success: bool = False,
+    ) -> bool:
+        """Write ``value`` at ``key`` under a session for ``plan``; False if a SUCCESS was kept.
+
+        Each attempt is one txn that applies only if the key is as this process last saw it
+        (absent, or at the index it last wrote); otherwise the key is read and the write decided
+        anew. After this process wrote a SUCCESS, a guarded write reads first.
+        """
+        data = value.encode() if isinstance(value, str) else value
+        if len(data) > MAX_VALUE_SIZE:
+            raise BackendStoreError(
+                f"result is {len(data)} bytes, over Consul's {MAX_VALUE_SIZE}-byte value limit "
+                "(kv_max_value_size): set result_compression (e.g. 'zlib') or return less data"
+            )
+        with self._known_lock:
+            remembered = self._known.get(key)
+        must_read = bool(remembered and keep_success and remembered[2])
+        known = remembered[:2] if remembered else None
+        for _ in range(WRITE_ATTEMPTS):
+            if must_read:
+                entry = self._entry(key)
+                if entry and keep_success and self._is_success(entry["Value"]):
+                    return False
+                known = (entry["ModifyIndex"], entry.get("Session", "")) if entry else None
+            session = self.sessions.get(plan)
+            outcome = self._try_write(key, data, plan.flags(), session, known)
+            if outcome.written:
+                self._remember(key, outcome.index, session or "", is_success)
+                return True
+            if any("invalid session" in e["What"] for e in outcome.errors or ()):
+                self.sessions.discard(session)
+            must_read = True
+        raise ConsulWriteConflict(
+            f"could not write {key}: it kept changing under {WRITE_ATTEMPTS} attempts"
+        )
+
+    def _try_write(
+        self, key: str, data: bytes, flags: int, session: str | None, known: tuple[int, str] | None
+    ) -> WriteOutcome:
+        value = base64.b64encode(data).decode()
+        ops: list[dict] = []
+        if known is None:
+            ops.append({"KV": {"Verb": "check-not-exists", "Key": key}})
+        else:
+            index, holder = known
+            ops.append({"KV": {"Verb": "check-index", "Key": key, "Index": index}})
+            if holder and holder != session:
+                ops.append(
+                    {
+                        "KV": {
+                            "Verb": "unlock",
+                            "Key": key,
+                            "Session": holder,
+                            "Value": value,
+                            "Flags": flags,
+                        }
+                    }
+                )
+        if session:
+            ops.append(
+                {
+                    "KV": {
+                        "Verb": "lock",
+                        "Key": key,
+                        "Session": session,
+                        "Value": value,
+                        "Flags": flags,
+                    }
+                }
+            )
+        elif not (known and known[1]):
+            ops.append({"KV": {"Verb": "set", "Key": key, "Value": value, "Flags": flags}})
+        response = self._txn(ops)
+        if response.status == 200:
+            return WriteOutcome(True, response.body["Results"][-1]["KV"]["ModifyIndex"])
+        if response.status == 409:
+            return WriteOutcome(False, errors=response.body["Errors"])
+        raise _txn_error(response)
+
+    def _is_success(self, value: bytes | None) -> bool:
+        if not value:
+            return False
+        try:
+            return self.decode_result(value).get("status") == states.SUCCESS
+        except Exception:  # not a result we can read: nothing to protect
+            return False
+
+    def delete(self, key: str | bytes) -> None:
+        full = self._key(key)
+        self._forget_index(full)
+        self.client.kv.delete(full)
+
+    # ------------------------------------------------------------------ counters and expiry
+
+    def incr(self, key: str | bytes) -> int:
+        """Atomically add one and return the new count; safe to repeat after a lost answer.
+
+        The counter remembers the last writers' nonces: if the answer to our write was lost, the
+        next read shows whether it landed, so a chord part is never counted twice.
+        """
+        full = self._key(key)
+        nonce = uuid.uuid4().hex[:16]
+        plan = self._plan(self.chord_expires)
+        for _ in range(WRITE_ATTEMPTS):
+            try:
+                entry = self._entry(full)
+                count, recent = _parse_counter(entry["Value"] if entry else None)
+                if nonce in recent:
+                    return count - (len(recent) - 1 - recent.index(nonce))
+                body = json.dumps({"count": count + 1, "recent": [*recent, nonce][-1000:]})
+                known = (entry["ModifyIndex"], entry.get("Session", "")) if entry else None
+                session = self.sessions.get(plan)
+                outcome = self._try_write(full, body.encode(), plan.flags(), session, known)
+                if outcome.written:
+                    return count + 1
+                if any("invalid session" in e["What"] for e in outcome.errors or ()):
+                    self.sessions.discard(session)
+            except (requests.ConnectionError, requests.Timeout):
+                time.sleep(0.05)
+        raise ConsulWriteConflict(f"could not increment {full} in {WRITE_ATTEMPTS} attempts")
+
+    def expire(self, key: str | bytes, value: float | int | None) -> None:
+        """Make ``key`` live ``value`` more seconds from now (0/None: no expiry)."""
+        full = self._key(key)
+        entry = self._entry(full)
+        if entry is None:
+            return
+        self._remember(full, entry["ModifyIndex"], entry.get("Session", ""))
+        self._write(full, entry["Value"] or b"", self._plan(value or None))
+
+    # ------------------------------------------------------------------ waiting
+
+    def wait_for(self, task_id, timeout=None, interval=0.5, no_ack=True, on_interval=None):
+        """Wait with Consul blocking queries: the answer comes as soon as the result is stored."""
+        self._ensure_not_eager()
+        cached = self._cache.get(task_id)
+        if cached and cached["status"] in states.READY_STATES:
+            return cached
+        deadline = None if timeout is None else time.monotonic() + timeout
+        key = self._key(self.get_key_for_task(task_id))
+        index = 0
+        while True:
+            meta, index = self._read_blocking(key, index, self._block_time(deadline, on_interval))
+            if meta["status"] in states.READY_STATES:
+                if meta["status"] == states.SUCCESS:
+                    self._cache[task_id] = meta
+                return meta
+            if on_interval:
+                on_interval()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError("The operation timed out.")
+
+    @staticmethod
+    def _block_time(deadline: float | None, on_interval) -> float:
+        wait = 1.0 if on_interval else BLOCK_SECONDS
+        if deadline is not None:
+            wait = min(wait, max(0.0, deadline - time.monotonic()))
+        return wait
+
+    def _read_blocking(self, key: str, index: int, wait: float) -> tuple[dict, int]:
+        """One blocking GET: the decoded meta (PENDING when absent) and the index to wait past."""
+        params = (
+            [("index", str(index)), ("wait", f"{max(1, int(wait * 1000))}ms")]
+            if index and wait > 0
+            else []
+        )
+        response = self.client.http.raw(
+            "GET", f"/v1/kv/{key}", params, timeout=wait * 1.1 + self.settings.timeout
+        )
+        if response.status not in (200, 404):
+            raise consul.base.ConsulException(f"{response.status} {response.body}")
+        new_index = int(response.headers.get("X-Consul-Index", 0))
+        if new_index < index:
+            new_index = 0  # the index went backwards (snapshot restore, tombstone reaping)
+        if response.status == 404:
+            return {"status": states.PENDING, "result": None}, new_index
+        return self.decode_result(_decode_value(response.body[0]["Value"])), new_index
+
+    def get_many(
+        self,
+        task_ids,
+        timeout=None,
+        interval=0.5,
+        no_ack=True,
+        on_message=None,
+        on_interval=None,
+        max_iterations=None,
+        READY_STATES=states.READY_STATES,
+    ):
+        """Like Celery's, but between rounds it blocks on a pending key instead of sleeping."""
+        ids = set(task_ids)
+        for task_id in list(ids):
+            cached = self._cache.get(task_id)
+            if cached and cached["status"] in READY_STATES:
+                ids.discard(task_id)
+                yield bytes_to_str(task_id), cached
+        deadline = None if timeout is None else time.monotonic() + timeout
+        iterations = 0
+        while ids:
+            keys = list(ids)
+            ready = self._mget_to_results(
+                self.mget([self.get_key_for_task(k) for k in keys]), keys, READY_STATES
+            )
+            self._cache.update(ready)
+            ids.difference_update(ready)
+            for task_id, meta in ready.items():
+                if on_message is not None:
+                    on_message(meta)
+                yield bytes_to_str(task_id), meta
+            if not ids:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"Operation timed out ({timeout})")
+            if on_interval:
+                on_interval()
+            waiting_on = self._key(self.get_key_for_task(next(iter(ids))))
+            _, index = self._read_blocking(waiting_on, 0, 0)
+            self._read_blocking(waiting_on, index, self._block_time(deadline, True))
+            iterations += 1
+            if max_iterations and iterations >= max_iterations:
+                break
+
+    # ------------------------------------------------------------------ maintenance
+
+    def cleanup(self) -> int:
+        """Delete results whose recorded expiry (Flags) has passed; return how many.
+
+        Only keys under the prefix that name a Celery result, group or chord are considered, and
+        each is deleted with check-and-set, so a result rewritten meanwhile stays.
+        """
+        now = time.time()
+        _, entries = self.client.kv.get(f"{self.prefix}/" if self.prefix else "", recurse=True)
+        doomed = [
+            e
+            for e in entries or []
+            if 0 < e["Flags"] <= now and layout.parse_key(self.prefix, e["Key"])
+        ]
+        deleted = 0
+        for pos in range(0, len(doomed), self._txn_ops):
+            batch = doomed[pos : pos + self._txn_ops]
+            ops = [
+                {"KV": {"Verb": "delete-cas", "Key": e["Key"], "Index": e["ModifyIndex"]}}
+                for e in batch
+            ]
+            response = self._txn(ops)
+            if response.status == 200:
+                deleted += len(batch)
+                continue
+            failed = {err["OpIndex"] for err in response.body.get("Errors") or ()}
+            retry = [op for i, op in enumerate(ops) if i not in failed]
+            if retry and self._txn(retry).status == 200:
+                deleted += len(retry)
+        return deleted
+
+    def exception_safe_to_retry(self, exc: BaseException) -> bool:
+        """Transient failures Celery may retry (``result_backend_always_retry``): lost
+        connections, timeouts, 429 and 5xx answers such as "No cluster leader"."""
+        if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
+            return True
+        if isinstance(exc, consul.base.ConsulException):
+            status = str(exc)[:3]
+            return status == "429" or (status.isdigit() and status.startswith("5"))
+        return False
+
+
+def _decode_value(value: str | None) -> bytes | None:
+    return base64.b64decode(value) if value else None
+
+
+def _parse_counter(value: bytes | None) -> tuple[int, list[str]]:
+    if not value:
+        return 0, []
+    try:
+        data = json.loads(value)
+        return int(data["count"]), list(data.get("recent", []))
+    except (ValueError, TypeError, KeyError):
+        return int(value), []  # a plain counter
+
+
+def _txn_error(response: RawResponse) -> consul.base.ConsulException:
+    """A txn answer that is neither success nor a conflict, as python-consul2 would raise it."""
+    text = response.body if isinstance(response.body, str) else json.dumps(response.body)
+    if response.status == 403:
+        return consul.base.ACLPermissionDenied(text)
+    return consul.base.ConsulException(f"{response.status} {text}")
