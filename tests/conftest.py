@@ -54,3 +54,44 @@ class Api:
 @pytest.fixture
 def api(consul_server) -> Api:
     return Api(consul_server.url, consul_server.token)
+
+
+def backend_url(server, prefix: str, scheme: str = "consulresults") -> str:
+    url = f"{scheme}://{server.address}/{prefix.rstrip('/')}"
+    return url + ("?scheme=https" if server.scheme == "https" and scheme != "consul" else "")
+
+
+@pytest.fixture
+def make_app(consul_server, consul_prefix):
+    """``make(**conf)``: a Celery app whose result backend is ours, on the test prefix."""
+    from celery import Celery
+
+    apps = []
+
+    def make(backend: str | None = None, **conf):
+        app = Celery("tests", set_as_current=False)
+        settings = {
+            "result_backend": backend or backend_url(consul_server, consul_prefix),
+            "consulresults_token": consul_server.token,
+            "result_expires": 3600,
+        }
+        app.conf.update({**settings, **conf})
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.close()
+
+
+@pytest.fixture
+def builtin_backend(consul_server, consul_prefix):
+    """Celery's own ConsulBackend on the same prefix (the reference we replace)."""
+    from celery import Celery
+
+    app = Celery("builtin", set_as_current=False)
+    app.conf.update(
+        result_backend=backend_url(consul_server, consul_prefix, "consul"), result_expires=3600
+    )
+    yield app.backend
+    app.close()

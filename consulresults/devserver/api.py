@@ -70,6 +70,13 @@ class ServerConfig:
     node_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     leader_addr: str = "127.0.0.1:8300"
     control: bool = True
+    version: str = VERSION
+
+    @property
+    def before_1_14(self) -> bool:
+        """Consul before 1.14 allowed 64 txn operations and had no get-or-empty verb."""
+        major, minor = (int(p) for p in self.version.split(".")[:2])
+        return (major, minor) < (1, 14)
 
 
 class Counters:
@@ -594,7 +601,7 @@ class ConsulApi:
                 "NodeID": cfg.node_id,
                 "Revision": "consul-results",
                 "Server": True,
-                "Version": VERSION,
+                "Version": cfg.version,
                 "BuildDate": datetime(2025, 10, 1, tzinfo=timezone.utc).isoformat(),
             },
             "DebugConfig": {
@@ -609,7 +616,12 @@ class ConsulApi:
                 "Name": cfg.node_name,
                 "Addr": host,
                 "Port": 8301,
-                "Tags": {"dc": cfg.datacenter, "role": "consul", "port": port, "build": VERSION},
+                "Tags": {
+                    "dc": cfg.datacenter,
+                    "role": "consul",
+                    "port": port,
+                    "build": cfg.version,
+                },
                 "Status": 1,
                 "ProtocolMin": 1,
                 "ProtocolMax": 5,

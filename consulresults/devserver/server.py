@@ -20,13 +20,14 @@ from dataclasses import asdict
 from aiohttp import web
 
 from .acl import AclConfig
-from .api import ConsulApi, Counters, ServerConfig
+from .api import VERSION, ConsulApi, Counters, ServerConfig
 from .durations import parse_go_duration
 from .faults import FaultInjector, FaultRule
 from .persistence import DataDir
 from .store import Store
 
 TICK_SECONDS = 0.05
+MAX_HEADER_BYTES = 1 << 20
 TOMBSTONE_REAP_SECONDS = 10.0
 
 
@@ -54,6 +55,7 @@ class DevServer:
         kv_max_value_size: int = 524_288,
         fault_seed: int | None = None,
         control: bool = True,
+        consul_version: str = VERSION,
     ) -> None:
         self.host = host
         self.port = port
@@ -63,7 +65,10 @@ class DevServer:
             acl=acl or AclConfig(),
             kv_max_value_size=kv_max_value_size,
             control=control,
+            version=consul_version,
         )
+        if self.config.before_1_14:
+            self.config.txn_max_ops = 64
         self.session_ttl_min_ns = parse_go_duration(session_ttl_min)
         self.session_ttl_multiplier = session_ttl_multiplier
         self.tombstone_ttl_s = parse_go_duration(tombstone_ttl) / 1e9
@@ -103,11 +108,20 @@ class DevServer:
             self.session_ttl_multiplier,
             self.tombstone_ttl_s,
         )
+        if self.config.before_1_14:
+            self.store.disabled_verbs.add("get-or-empty")
         if self.data_dir is not None:
             self._data = DataDir(self.data_dir)
             self._data.open(self.store)
         api = ConsulApi(self.store, self.config, self.faults, self._counters)
-        self._runner = web.AppRunner(api.make_app(), access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            api.make_app(),
+            access_log=None,
+            handle_signals=False,
+            # Consul (Go) accepts up to 1 MiB of request line and headers (max_header_bytes)
+            max_line_size=MAX_HEADER_BYTES,
+            max_field_size=MAX_HEADER_BYTES,
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
         try:

@@ -168,6 +168,7 @@ class Store:
         self.lock_delays: dict[str, float] = {}
         self.on_commit: Callable[[Changes, Tables], None] = lambda changes, tables: None
         self.on_change: Callable[[], None] = lambda: None
+        self.disabled_verbs: set[str] = set()
         self._undo: list[Callable[[], None]] | None = None
         self._changes: Changes | None = None
 
@@ -420,7 +421,7 @@ class Store:
 
     def _txn_op(self, op: TxnOp, idx: int, results: list[Entry]) -> str | None:
         """Apply one op; append its result entries; return an error text or None."""
-        handler = _TXN_VERBS.get(op.verb)
+        handler = _TXN_VERBS.get(op.verb) if op.verb not in self.disabled_verbs else None
         if handler is None:
             return f'unknown KV verb "{op.verb}"'
         try:
