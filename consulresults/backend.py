@@ -415,35 +415,49 @@ class ConsulBackend(KeyValueStoreBackend):
         The counter remembers the last writers' nonces: if the answer to our write was lost, the
         next read shows whether it landed, so a chord part is never counted twice.
         """
-        full = self._key(key)
         nonce = uuid.uuid4().hex[:16]
-        plan = self._plan(self.chord_expires)
+        outcome: dict[str, int] = {}
+
+        def add_one(value: bytes | None) -> bytes | None:
+            count, recent = _parse_counter(value)
+            if nonce in recent:  # our earlier attempt landed
+                outcome["count"] = count - (len(recent) - 1 - recent.index(nonce))
+                return None
+            outcome["count"] = count + 1
+            return json.dumps({"count": count + 1, "recent": [*recent, nonce][-1000:]}).encode()
+
+        self._update(self._key(key), add_one, self._plan(self.chord_expires), create=True)
+        return outcome["count"]
+
+    def expire(self, key: str | bytes, value: float | int | None) -> None:
+        """Make ``key`` live ``value`` more seconds from now (0/None: no expiry)."""
+        self._update(self._key(key), lambda current: current or b"", self._plan(value or None))
+
+    def _update(self, key: str, change, plan: ExpiryPlan, create: bool = False) -> None:
+        """Read-modify-write: ``change(current value)`` gives the new value (None: leave it).
+
+        Every attempt re-reads the value, so a concurrent writer's change is never overwritten
+        with a stale copy; a lost answer or a conflict just means reading again.
+        """
         for _ in range(WRITE_ATTEMPTS):
             try:
-                entry = self._entry(full)
-                count, recent = _parse_counter(entry["Value"] if entry else None)
-                if nonce in recent:
-                    return count - (len(recent) - 1 - recent.index(nonce))
-                body = json.dumps({"count": count + 1, "recent": [*recent, nonce][-1000:]})
+                entry = self._entry(key)
+                if entry is None and not create:
+                    return
+                new_value = change(entry["Value"] if entry else None)
+                if new_value is None:
+                    return
                 known = (entry["ModifyIndex"], entry.get("Session", "")) if entry else None
                 session = self.sessions.get(plan)
-                outcome = self._try_write(full, body.encode(), plan.flags(), session, known)
+                outcome = self._try_write(key, new_value, plan.flags(), session, known)
                 if outcome.written:
-                    return count + 1
+                    self._remember(key, outcome.index, session or "")
+                    return
                 if any("invalid session" in e["What"] for e in outcome.errors or ()):
                     self.sessions.discard(session)
             except (requests.ConnectionError, requests.Timeout):
                 time.sleep(0.05)
-        raise ConsulWriteConflict(f"could not increment {full} in {WRITE_ATTEMPTS} attempts")
-
-    def expire(self, key: str | bytes, value: float | int | None) -> None:
-        """Make ``key`` live ``value`` more seconds from now (0/None: no expiry)."""
-        full = self._key(key)
-        entry = self._entry(full)
-        if entry is None:
-            return
-        self._remember(full, entry["ModifyIndex"], entry.get("Session", ""))
-        self._write(full, entry["Value"] or b"", self._plan(value or None))
+        raise ConsulWriteConflict(f"could not update {key} in {WRITE_ATTEMPTS} attempts")
 
     # ------------------------------------------------------------------ waiting
 

@@ -408,3 +408,30 @@ def test_values_are_stored_verbatim(make_app, consul_server, consul_prefix):
     backend.store_result("verbatim", "v", states.SUCCESS)
     entry = raw_entry(consul_server, consul_prefix + "celery-task-meta-verbatim")
     assert backend.decode(entry["Value"])["result"] == "v"
+
+
+def test_expire_never_undoes_a_concurrent_increment(make_app):
+    """Celery calls expire() on the chord counter between other parts' incr(): an expire that
+    rewrote a stale copy of the counter lost counts (found by the 100-part chord test)."""
+    backends = [make_app().backend for _ in range(4)]
+    key = backends[0].get_key_for_chord("expire-race")
+
+    def increments(backend):
+        for _ in range(15):
+            backend.incr(key)
+
+    def expiries(backend):
+        for _ in range(15):
+            backend.expire(key, 600)
+
+    threads = [
+        threading.Thread(target=increments, args=(backends[0],)),
+        threading.Thread(target=increments, args=(backends[1],)),
+        threading.Thread(target=expiries, args=(backends[2],)),
+        threading.Thread(target=expiries, args=(backends[3],)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert backends[0].incr(key) == 31

@@ -1,0 +1,88 @@
+"""The Celery app of the end-to-end tests; the worker imports it with ``-A e2e_app``.
+
+Configured from the environment so the worker process and the test agree: E2E_BACKEND_URL,
+E2E_BROKER_DIR (kombu's filesystem transport, no server needed) or CELERY_BROKER_URL, and
+E2E_MARK_DIR where chord bodies record each run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+from celery import Celery
+
+
+def make_app(backend_url: str, broker_dir: str, token: str | None = None) -> Celery:
+    app = Celery("e2e", set_as_current=False)
+    broker_url = os.environ.get("CELERY_BROKER_URL")
+    folder = Path(broker_dir)
+    app.conf.update(
+        broker_url=broker_url or "filesystem://",
+        broker_transport_options={}
+        if broker_url
+        else {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),
+            "store_processed": False,
+            "polling_interval": 0.05,
+        },
+        result_backend=backend_url,
+        consulresults_token=token,
+        result_expires=3600,
+        result_extended=True,
+        task_track_started=True,
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+    )
+    if not broker_url:
+        for name in ("queue", "processed", "control"):
+            (folder / name).mkdir(parents=True, exist_ok=True)
+    register_tasks(app)
+    return app
+
+
+def register_tasks(app: Celery) -> None:
+    @app.task(name="e2e.add", shared=False)
+    def add(x, y):
+        return x + y
+
+    @app.task(name="e2e.fail", shared=False)
+    def fail(message):
+        raise ValueError(message)
+
+    @app.task(name="e2e.sleep", shared=False)
+    def sleep(seconds, value=None):
+        time.sleep(seconds)
+        return value
+
+    @app.task(name="e2e.flaky", shared=False, bind=True, max_retries=5, default_retry_delay=0)
+    def flaky(self, failures):
+        if self.request.retries < failures:
+            raise self.retry(exc=RuntimeError(f"attempt {self.request.retries}"), countdown=0)
+        return self.request.retries
+
+    @app.task(name="e2e.progress", shared=False, bind=True)
+    def progress(self, steps):
+        for step in range(steps):
+            self.update_state(state="PROGRESS", meta={"step": step})
+            time.sleep(0.05)
+        return steps
+
+    @app.task(name="e2e.tsum", shared=False)
+    def tsum(values):
+        mark_dir = os.environ.get("E2E_MARK_DIR")
+        if mark_dir:
+            Path(mark_dir, f"body-{uuid.uuid4().hex}").write_text(str(sum(values)))
+        return sum(values)
+
+
+app = make_app(
+    os.environ.get("E2E_BACKEND_URL", "consulresults://"),
+    os.environ.get("E2E_BROKER_DIR", "/tmp/consul-results-e2e"),
+    os.environ.get("E2E_CONSUL_TOKEN"),
+)

@@ -1,0 +1,159 @@
+"""End to end with a real Celery worker: a separate process, prefork pool, concurrency 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from celery import chain, chord, group, states
+from celery.exceptions import TimeoutError
+from conftest import backend_url
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def worker(_consul_server_session, tmp_path_factory):
+    """A worker on a prefix of its own; yields the client app configured the same way."""
+    from e2e_app import make_app
+
+    server = _consul_server_session
+    prefix = f"e2e-{uuid.uuid4().hex[:8]}"
+    broker_dir = tmp_path_factory.mktemp("broker")
+    mark_dir = tmp_path_factory.mktemp("marks")
+    env = dict(
+        os.environ,
+        E2E_BACKEND_URL=backend_url(server, prefix),
+        E2E_BROKER_DIR=str(broker_dir),
+        E2E_MARK_DIR=str(mark_dir),
+        PYTHONPATH=str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    if server.token:
+        env["E2E_CONSUL_TOKEN"] = server.token
+    log = (tmp_path_factory.mktemp("log") / "worker.log").open("w+")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "e2e_app",
+            "worker",
+            "--pool",
+            "prefork",
+            "--concurrency",
+            "2",
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-n",
+            f"e2e-{prefix}@%h",
+        ],
+        cwd=HERE,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    app = make_app(env["E2E_BACKEND_URL"], str(broker_dir), server.token)
+    app.mark_dir = mark_dir
+    app.prefix = prefix
+    try:
+        deadline = time.monotonic() + 60
+        while "ready." not in Path(log.name).read_text():
+            assert process.poll() is None, Path(log.name).read_text()
+            assert time.monotonic() < deadline, "worker did not start in 60 s"
+            time.sleep(0.1)
+        yield app
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        import consul
+
+        consul.Consul(
+            host=server.host, port=server.port, scheme=server.scheme, token=server.token
+        ).kv.delete(prefix + "/", recurse=True)
+        app.close()
+
+
+def test_task_result_is_stored_with_extended_metadata(worker):
+    result = worker.send_task("e2e.add", (2, 3))
+    assert result.get(timeout=30) == 5
+    meta = worker.backend.get_task_meta(result.id, cache=False)
+    assert meta["status"] == states.SUCCESS
+    assert meta["name"] == "e2e.add"
+    assert meta["args"] == [2, 3]
+    assert meta["worker"].startswith("e2e-")
+
+
+def test_failure_carries_the_traceback(worker):
+    result = worker.send_task("e2e.fail", ("broken on purpose",))
+    with pytest.raises(ValueError, match="broken on purpose"):
+        result.get(timeout=30)
+    assert result.state == states.FAILURE
+    assert "ValueError: broken on purpose" in result.traceback
+
+
+def test_started_then_success_lands(worker):
+    result = worker.send_task("e2e.sleep", (1.0, "slept"))
+    deadline = time.monotonic() + 30
+    while result.state != states.STARTED:
+        assert time.monotonic() < deadline, f"never STARTED (state {result.state})"
+        time.sleep(0.05)
+    assert result.get(timeout=30) == "slept"
+    assert worker.backend.get_task_meta(result.id, cache=False)["status"] == states.SUCCESS
+
+
+def test_retries_end_in_success(worker):
+    result = worker.send_task("e2e.flaky", (2,))
+    assert result.get(timeout=30) == 2
+    assert worker.backend.get_task_meta(result.id, cache=False)["retries"] == 2
+
+
+def test_progress_updates_then_final_state(worker):
+    result = worker.send_task("e2e.progress", (10,))
+    seen = set()
+    deadline = time.monotonic() + 30
+    while not result.ready():
+        assert time.monotonic() < deadline
+        seen.add(result.state)
+        time.sleep(0.02)
+    assert "PROGRESS" in seen
+    assert result.get(timeout=5) == 10
+
+
+def test_group_and_chain(worker):
+    signature = worker.signature
+    grouped = group(signature("e2e.add", (i, i)) for i in range(10)).apply_async()
+    assert grouped.get(timeout=60) == [2 * i for i in range(10)]
+    chained = chain(signature("e2e.add", (1, 2)), signature("e2e.add", (10,))).apply_async()
+    assert chained.get(timeout=60) == 13
+
+
+def test_hundred_part_chord_runs_its_body_exactly_once(worker):
+    header = [worker.signature("e2e.add", (i, 0)) for i in range(100)]
+    result = chord(header)(worker.signature("e2e.tsum"))
+    assert result.get(timeout=180) == sum(range(100))
+    time.sleep(1.0)  # a second body, if any, would have landed by now
+    bodies = list(Path(worker.mark_dir).glob("body-*"))
+    assert [p.read_text() for p in bodies] == [str(sum(range(100)))]
+
+
+def test_get_times_out_cleanly_then_succeeds(worker):
+    result = worker.send_task("e2e.sleep", (2.0, "late"))
+    with pytest.raises(TimeoutError):
+        result.get(timeout=0.3)
+    assert result.get(timeout=30) == "late"
+
+
+def test_forget_removes_the_stored_result(worker):
+    result = worker.send_task("e2e.add", (1, 1))
+    assert result.get(timeout=30) == 2
+    result.forget()
+    assert worker.backend.get_task_meta(result.id, cache=False)["status"] == states.PENDING
