@@ -126,8 +126,10 @@ class SessionPool:
             self._sessions[plan.session_ttl] = (session_id, now, os.getpid())
             return session_id
 
-    def discard(self, session_id: str) -> None:
-        """Forget a session Consul no longer knows (expired or destroyed by an operator)."""
+    def discard_if_invalid(self, session_id: str | None, errors: list[dict] | None) -> None:
+        """Forget a session a txn reported invalid (expired, or destroyed by an operator)."""
+        if not session_id or not any("invalid session" in e["What"] for e in errors or ()):
+            return
         with self._lock:
             for ttl, found in list(self._sessions.items()):
                 if found[0] == session_id:
@@ -344,8 +346,7 @@ class ConsulBackend(KeyValueStoreBackend):
             if outcome.written:
                 self._remember(key, outcome.index, session or "", is_success)
                 return True
-            if any("invalid session" in e["What"] for e in outcome.errors or ()):
-                self.sessions.discard(session)
+            self.sessions.discard_if_invalid(session, outcome.errors)
             must_read = True
         raise ConsulWriteConflict(
             f"could not write {key}: it kept changing under {WRITE_ATTEMPTS} attempts"
@@ -453,8 +454,7 @@ class ConsulBackend(KeyValueStoreBackend):
                 if outcome.written:
                     self._remember(key, outcome.index, session or "")
                     return
-                if any("invalid session" in e["What"] for e in outcome.errors or ()):
-                    self.sessions.discard(session)
+                self.sessions.discard_if_invalid(session, outcome.errors)
             except (requests.ConnectionError, requests.Timeout):
                 time.sleep(0.05)
         raise ConsulWriteConflict(f"could not update {key} in {WRITE_ATTEMPTS} attempts")

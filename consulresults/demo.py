@@ -1,49 +1,154 @@
 """End-to-end demo on the embedded dev server: ``scripts/demo`` (``python -m consulresults.demo``).
 
-Starts a dev server in this process, then talks to it the way the result backend does, through
-python-consul2 over real HTTP: a session with a TTL, results written under it, a blocking query
-that wakes when a result lands, and the request counts the server saw.
+Starts a Consul-compatible dev server, a real Celery worker (prefork pool, two processes, kombu's
+filesystem broker: no broker server needed), runs a few tasks — a success, a failure, a group and
+a chord — then shows what is stored in Consul and how many requests it took.
 """
 
 from __future__ import annotations
 
-import threading
+import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
-import consul
+from celery import Celery, chord, group
 from rich.console import Console
 from rich.table import Table
 
-from consulresults.devserver import DevServer
+PREFIX = "demo"
+
+
+def make_app(backend_url: str, broker_dir: str) -> Celery:
+    app = Celery("consulresults-demo", set_as_current=False)
+    folders = {name: str(Path(broker_dir, name)) for name in ("queue", "processed", "control")}
+    for folder in folders.values():
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    app.conf.update(
+        broker_url="filesystem://",
+        broker_transport_options={
+            "data_folder_in": folders["queue"],
+            "data_folder_out": folders["queue"],
+            "processed_folder": folders["processed"],
+            "control_folder": folders["control"],
+            "store_processed": False,
+            "polling_interval": 0.05,
+        },
+        result_backend=backend_url,
+        result_expires=3600,
+        result_extended=True,
+        task_track_started=True,
+        broker_connection_retry_on_startup=True,
+    )
+
+    @app.task(name="demo.add", shared=False)
+    def add(x, y):
+        return x + y
+
+    @app.task(name="demo.divide", shared=False)
+    def divide(x, y):
+        return x / y
+
+    @app.task(name="demo.total", shared=False)
+    def total(values):
+        return sum(values)
+
+    return app
+
+
+app = make_app(
+    os.environ.get("DEMO_BACKEND_URL", "consulresults://"),
+    os.environ.get("DEMO_BROKER_DIR", tempfile.gettempdir()),
+)
+
+
+def start_worker(env: dict, log: Path) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "consulresults.demo",
+            "worker",
+            "--pool",
+            "prefork",
+            "--concurrency",
+            "2",
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ],
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while "ready." not in log.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the demo worker did not start:\n{log.read_text()}")
+        time.sleep(0.1)
+    return process
+
+
+def run_tasks(client: Celery, console: Console) -> None:
+    console.print("add(2, 3) →", client.signature("demo.add", (2, 3)).delay().get(timeout=30))
+    failed = client.signature("demo.divide", (1, 0)).delay()
+    try:
+        failed.get(timeout=30)
+    except ZeroDivisionError as exc:
+        console.print(f"divide(1, 0) → {type(exc).__name__} (traceback stored)")
+    squares = group(client.signature("demo.add", (i, i)) for i in range(5)).delay()
+    console.print("group of 5 →", squares.get(timeout=30))
+    header = [client.signature("demo.add", (i, 1)) for i in range(10)]
+    console.print(
+        "chord of 10 parts → total", chord(header)(client.signature("demo.total")).get(timeout=60)
+    )
+
+
+def show_results(client: Celery, console: Console) -> None:
+    backend = client.backend
+    _, entries = backend.client.kv.get(f"{PREFIX}/", recurse=True)
+    table = Table("key", "state", "result", "session", title=f"stored under {PREFIX}/")
+    for entry in entries or []:
+        name = entry["Key"].removeprefix(f"{PREFIX}/")
+        if name.startswith("celery-task-meta-"):
+            meta = backend.decode_result(entry["Value"])
+            state, result = meta["status"], repr(meta["result"])[:30]
+        else:
+            state, result = "(group/chord)", ""
+        session = (entry.get("Session") or "-")[:8]
+        table.add_row(name[:45], state, result, session)
+    console.print(table)
 
 
 def main() -> None:
+    from consulresults.devserver import DevServer
+
     console = Console()
-    with DevServer(session_ttl_min="1s") as server:
-        console.print(f"[bold]dev server[/] listening on {server.url}")
-        client = consul.Consul(host=server.host, port=server.port)
-        session = client.session.create(
-            name="demo", behavior="delete", ttl=10, lock_delay=0, checks=[]
-        )
-        for n in range(3):
-            client.kv.put(
-                f"demo/celery-task-meta-{n}",
-                f'{{"status": "SUCCESS", "result": {n}}}',
-                acquire=session,
+    with DevServer() as server, tempfile.TemporaryDirectory() as tmp:
+        console.print(f"[bold]dev server[/] {server.url}")
+        url = f"consulresults://{server.address}/{PREFIX}"
+        env = dict(os.environ, DEMO_BACKEND_URL=url, DEMO_BROKER_DIR=tmp)
+        worker = start_worker(env, Path(tmp, "worker.log"))
+        console.print("[bold]worker[/] started (prefork, 2 processes)")
+        try:
+            client = make_app(url, tmp)
+            run_tasks(client, console)
+            show_results(client, console)
+            counts = server.counters()
+            console.print(
+                f"Consul requests: {counts['requests']} in all — txn {counts.get('txn', 0)}"
+                f", kv.get {counts.get('kv.get', 0)}, sessions created "
+                f"{counts.get('session.create', 0)}"
             )
-        index, _ = client.kv.get("demo/celery-task-meta-late")
-        threading.Timer(0.5, lambda: client.kv.put("demo/celery-task-meta-late", "{}")).start()
-        started = time.monotonic()
-        client.kv.get("demo/celery-task-meta-late", index=index, wait="10s")
-        console.print(f"blocking query woke after {time.monotonic() - started:.2f}s")
-        table = Table("key", "value", "session")
-        for entry in client.kv.get("demo/", recurse=True)[1]:
-            table.add_row(entry["Key"], entry["Value"].decode(), entry.get("Session") or "-")
-        console.print(table)
-        client.session.destroy(session)
-        remaining = client.kv.get("demo/", recurse=True)[1] or []
-        console.print(f"after the session is destroyed, {len(remaining)} key(s) remain")
-        console.print(f"requests seen by the server: {server.counters()}")
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
 
 
 if __name__ == "__main__":
