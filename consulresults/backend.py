@@ -18,6 +18,7 @@ the other's results. What it does differently, and why:
 from __future__ import annotations
 
 import base64
+import fnmatch
 import json
 import math
 import os
@@ -26,8 +27,10 @@ import threading
 import time
 import uuid
 import warnings
-from collections import OrderedDict
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import consul.base
 import requests
@@ -143,6 +146,100 @@ class WriteOutcome:
     errors: list[dict] | None = None
 
 
+@dataclass
+class StoredResult:
+    """One key under the prefix that names a Celery result, group or chord, with its metadata.
+
+    ``meta`` is the decoded Celery meta, or None with ``error`` saying why it could not be read
+    (another serializer, garbage, a chord counter).
+    """
+
+    key: str
+    kind: str
+    id: str
+    value: bytes | None
+    flags: int
+    session: str
+    create_index: int
+    modify_index: int
+    lock_index: int
+    meta: dict | None = None
+    error: str | None = None
+
+    @property
+    def state(self) -> str:
+        return self.meta.get("status", "UNKNOWN") if self.meta else "UNREADABLE"
+
+    @property
+    def task_name(self) -> str | None:
+        return self.meta.get("name") if self.meta else None
+
+    @property
+    def expires_at(self) -> float | None:
+        """Unix time recorded with the key (Flags); None when it never expires or is unknown."""
+        return float(self.flags) if self.flags else None
+
+    @property
+    def done_at(self) -> float | None:
+        """``date_done`` as Unix time (Celery writes ISO 8601, naive meaning UTC)."""
+        text = self.meta.get("date_done") if self.meta else None
+        if not text:
+            return None
+        try:
+            parsed = datetime.fromisoformat(str(text))
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        return parsed.timestamp()
+
+    @property
+    def size(self) -> int:
+        return len(self.value or b"")
+
+
+@dataclass
+class ResultFilter:
+    """What ``ls``/``purge`` select; every condition given must hold."""
+
+    states: frozenset[str] = frozenset()
+    task_globs: tuple[str, ...] = ()
+    older_than: float | None = None
+    newer_than: float | None = None
+    expired: bool = False
+    no_session: bool = False
+    kinds: frozenset[str] = frozenset({"task"})
+
+    def matches(self, result: StoredResult, now: float) -> bool:
+        if result.kind not in self.kinds:
+            return False
+        if self.states and result.state not in self.states:
+            return False
+        if self.task_globs and not any(
+            fnmatch.fnmatchcase(result.task_name or "", g) for g in self.task_globs
+        ):
+            return False
+        when = result.done_at
+        if self.older_than is not None and (when is None or when >= self.older_than):
+            return False
+        if self.newer_than is not None and (when is None or when <= self.newer_than):
+            return False
+        if self.expired and not (result.expires_at and result.expires_at <= now):
+            return False
+        return not (self.no_session and result.session)
+
+
+@dataclass
+class PurgeReport:
+    """What a purge (or a dry run) found and did; deleted + skipped + failed <= matched."""
+
+    matched: int = 0
+    deleted: int = 0
+    skipped: int = 0
+    failed: int = 0
+    dry_run: bool = False
+
+
 class ConsulBackend(KeyValueStoreBackend):
     """Consul KV result backend: atomic writes, reused sessions, batched reads, blocking waits."""
 
@@ -168,7 +265,7 @@ class ConsulBackend(KeyValueStoreBackend):
         )
         self.expiry = self._plan(self.expires)
         self.client = connect(self.settings)
-        self.sessions = SessionPool(self.client)
+        self.session_pool = SessionPool(self.client)
         self._known: OrderedDict[str, tuple[int, str, bool]] = OrderedDict()
         self._known_lock = threading.Lock()
         self._txn_ops = TXN_OPS
@@ -226,38 +323,41 @@ class ConsulBackend(KeyValueStoreBackend):
     def mget(self, keys: list) -> list[bytes | None]:
         """Values for many keys in as few requests as the server's txn limit allows."""
         names = [self._key(k) for k in keys]
-        found: dict[str, bytes | None] = {}
+        entries = self._read_entries(names)
+        return [_decode_value(entries[n]["Value"]) if entries[n] else None for n in names]
+
+    def _read_entries(self, names: list[str]) -> dict[str, dict | None]:
+        """KV entries (or None when absent) for ``names``, in order, batched through /v1/txn."""
+        found: dict[str, dict | None] = dict.fromkeys(names)
         pos = 0
         while pos < len(names):
             batch = names[pos : pos + self._txn_ops]
             if self._get_or_empty:
-                results = self._read_batch(batch, "get-or-empty")
+                results = self._read_batch(batch)
                 if results is None:
                     continue  # the server was older than it looked; retry this batch
             else:
                 results = self._read_batch_legacy(batch)
             found.update(results)
             pos += len(batch)
-        return [found.get(name) for name in names]
+        return found
 
-    def _read_batch(self, names: list[str], verb: str) -> dict[str, bytes | None] | None:
-        response = self._txn([{"KV": {"Verb": verb, "Key": n}} for n in names])
+    def _read_batch(self, names: list[str]) -> dict[str, dict | None] | None:
+        """``get-or-empty`` echoes the op for a missing key (CreateIndex 0): that means absent."""
+        response = self._txn([{"KV": {"Verb": "get-or-empty", "Key": n}} for n in names])
         if response.status == 200:
-            return {
-                r["KV"]["Key"]: _decode_value(r["KV"]["Value"]) for r in response.body["Results"]
-            }
+            entries = (r["KV"] for r in response.body["Results"])
+            return {e["Key"]: e if e["CreateIndex"] else None for e in entries}
         if self._degrade_for(response):
             return None
         raise _txn_error(response)
 
-    def _read_batch_legacy(self, names: list[str]) -> dict[str, bytes | None]:
+    def _read_batch_legacy(self, names: list[str]) -> dict[str, dict | None]:
         """Before Consul 1.14 there is no get-or-empty: a missing key fails the whole txn, with
         every failing op reported, so a second txn without those keys gets the rest."""
         response = self._txn([{"KV": {"Verb": "get", "Key": n}} for n in names])
         if response.status == 200:
-            return {
-                r["KV"]["Key"]: _decode_value(r["KV"]["Value"]) for r in response.body["Results"]
-            }
+            return {r["KV"]["Key"]: r["KV"] for r in response.body["Results"]}
         if response.status != 409:
             raise _txn_error(response)
         missing = {names[e["OpIndex"]] for e in response.body["Errors"]}
@@ -341,12 +441,12 @@ class ConsulBackend(KeyValueStoreBackend):
                 if entry and keep_success and self._is_success(entry["Value"]):
                     return False
                 known = (entry["ModifyIndex"], entry.get("Session", "")) if entry else None
-            session = self.sessions.get(plan)
+            session = self.session_pool.get(plan)
             outcome = self._try_write(key, data, plan.flags(), session, known)
             if outcome.written:
                 self._remember(key, outcome.index, session or "", is_success)
                 return True
-            self.sessions.discard_if_invalid(session, outcome.errors)
+            self.session_pool.discard_if_invalid(session, outcome.errors)
             must_read = True
         raise ConsulWriteConflict(
             f"could not write {key}: it kept changing under {WRITE_ATTEMPTS} attempts"
@@ -449,12 +549,12 @@ class ConsulBackend(KeyValueStoreBackend):
                 if new_value is None:
                     return
                 known = (entry["ModifyIndex"], entry.get("Session", "")) if entry else None
-                session = self.sessions.get(plan)
+                session = self.session_pool.get(plan)
                 outcome = self._try_write(key, new_value, plan.flags(), session, known)
                 if outcome.written:
                     self._remember(key, outcome.index, session or "")
                     return
-                self.sessions.discard_if_invalid(session, outcome.errors)
+                self.session_pool.discard_if_invalid(session, outcome.errors)
             except (requests.ConnectionError, requests.Timeout):
                 time.sleep(0.05)
         raise ConsulWriteConflict(f"could not update {key} in {WRITE_ATTEMPTS} attempts")
@@ -554,34 +654,188 @@ class ConsulBackend(KeyValueStoreBackend):
     # ------------------------------------------------------------------ maintenance
 
     def cleanup(self) -> int:
-        """Delete results whose recorded expiry (Flags) has passed; return how many.
+        """Delete results, groups and chord counters whose recorded expiry (Flags) has passed;
+        return how many. Celery beat runs it as ``celery.backend_cleanup``. Only keys that name
+        a Celery result are considered, and one rewritten meanwhile is kept (delete-cas)."""
+        expired = ResultFilter(expired=True, kinds=frozenset(layout.KINDS.values()))
+        return self.purge(expired).deleted
 
-        Only keys under the prefix that name a Celery result, group or chord are considered, and
-        each is deleted with check-and-set, so a result rewritten meanwhile stays.
+    # ------------------------------------------------------------------ operations (the CLI's)
+
+    def iter_results(
+        self, kinds: frozenset[str] = frozenset({"task"}), batch: int | None = None
+    ) -> Iterator[StoredResult]:
+        """Every result, group or chord key under the prefix, in key order, read in batches.
+
+        One ``?keys`` listing, then ``/v1/txn`` reads of at most the server's operation limit,
+        so memory holds the key names and one batch, whatever the number of results. Keys that
+        are not Celery's (other applications', other prefixes') are never returned.
         """
-        now = time.time()
-        _, entries = self.client.kv.get(f"{self.prefix}/" if self.prefix else "", recurse=True)
-        doomed = [
-            e
-            for e in entries or []
-            if 0 < e["Flags"] <= now and layout.parse_key(self.prefix, e["Key"])
+        parsed = [
+            p
+            for p in (layout.parse_key(self.prefix, k) for k in self._list_keys())
+            if p is not None and p.kind in kinds
         ]
-        deleted = 0
-        for pos in range(0, len(doomed), self._txn_ops):
-            batch = doomed[pos : pos + self._txn_ops]
-            ops = [
-                {"KV": {"Verb": "delete-cas", "Key": e["Key"], "Index": e["ModifyIndex"]}}
-                for e in batch
-            ]
-            response = self._txn(ops)
-            if response.status == 200:
-                deleted += len(batch)
+        size = batch or self._txn_ops
+        for pos in range(0, len(parsed), size):
+            chunk = parsed[pos : pos + size]
+            entries = self._read_entries([p.key for p in chunk])
+            for item in chunk:
+                entry = entries[item.key]
+                if entry is not None:
+                    yield self._stored(item, entry, _decode_value(entry["Value"]))
+
+    def _list_keys(self) -> list[str]:
+        head = f"{self.prefix}/" if self.prefix else ""
+        response = self.client.http.raw("GET", f"/v1/kv/{head}", [("keys", "1")])
+        if response.status == 404:
+            return []
+        if response.status != 200:
+            raise _txn_error(response)
+        return response.body
+
+    def _stored(self, parsed: layout.ParsedKey, entry: dict, value: bytes | None) -> StoredResult:
+        """A result from its KV entry; ``value`` already decoded (txn and kv.get differ)."""
+        result = StoredResult(
+            parsed.key,
+            parsed.kind,
+            parsed.id,
+            value,
+            entry["Flags"],
+            entry.get("Session", ""),
+            entry["CreateIndex"],
+            entry["ModifyIndex"],
+            entry["LockIndex"],
+        )
+        if parsed.kind != "task":
+            return result
+        try:
+            result.meta = self.decode_result(value) if value else None
+            if result.meta is None:
+                result.error = "empty value"
+        except Exception as exc:  # garbage or a serializer this app does not accept
+            result.error = f"cannot decode: {type(exc).__name__}: {exc}"[:200]
+        return result
+
+    def fetch(self, task_id: str) -> StoredResult | None:
+        """One result with its Consul metadata (one request); None when there is none."""
+        key = self._key(self.get_key_for_task(task_id))
+        entry = self._entry(key)
+        if entry is None:
+            return None
+        return self._stored(layout.ParsedKey(key, "task", task_id), entry, entry["Value"])
+
+    def session_info(self, session_id: str) -> dict | None:
+        """The session behind a result (TTL, behaviour, node...), or None once it is gone."""
+        _, info = self.client.session.info(session_id)
+        return info
+
+    def sessions(self) -> list[dict]:
+        """All sessions the agent knows, each with ``Held``: how many keys under the prefix it
+        holds (results of this backend and of Celery's built-in one alike)."""
+        held = Counter(
+            r.session for r in self.iter_results(frozenset(layout.KINDS.values())) if r.session
+        )
+        _, listed = self.client.session.list()
+        return [dict(s, Held=held.get(s["ID"], 0)) for s in listed or []]
+
+    def destroy_session(self, session_id: str) -> None:
+        """Invalidate a session now: Consul applies its behaviour (ours: delete what it holds)."""
+        self.client.session.destroy(session_id)
+
+    def delete_results(
+        self,
+        results: Iterable[StoredResult],
+        dry_run: bool = False,
+        max_delete: int | None = None,
+        on_batch: Callable[[PurgeReport], None] | None = None,
+    ) -> PurgeReport:
+        """Delete in ``/v1/txn`` batches with delete-cas: a result rewritten since it was read
+        is skipped, not deleted. Stops after ``max_delete`` deletions."""
+        report = PurgeReport(dry_run=dry_run)
+        batch: list[StoredResult] = []
+        for result in results:
+            if max_delete is not None and report.matched >= max_delete:
+                break
+            report.matched += 1
+            if dry_run:
                 continue
-            failed = {err["OpIndex"] for err in response.body.get("Errors") or ()}
-            retry = [op for i, op in enumerate(ops) if i not in failed]
-            if retry and self._txn(retry).status == 200:
-                deleted += len(retry)
-        return deleted
+            batch.append(result)
+            if len(batch) == self._txn_ops:
+                self._delete_batch(batch, report)
+                batch = []
+                if on_batch:
+                    on_batch(report)
+        if batch:
+            self._delete_batch(batch, report)
+        if on_batch:
+            on_batch(report)
+        return report
+
+    def _delete_batch(self, batch: list[StoredResult], report: PurgeReport) -> None:
+        ops = [{"KV": {"Verb": "delete-cas", "Key": r.key, "Index": r.modify_index}} for r in batch]
+        response = self._txn(ops)
+        if response.status == 200:
+            report.deleted += len(batch)
+        elif response.status == 409:
+            stale = {e["OpIndex"] for e in response.body["Errors"]}
+            report.skipped += len(stale)
+            rest = [op for i, op in enumerate(ops) if i not in stale]
+            if rest and self._txn(rest).status == 200:
+                report.deleted += len(rest)
+            else:
+                report.failed += len(rest)
+        else:
+            raise _txn_error(response)
+        for result in batch:
+            self._forget_index(result.key)
+
+    def purge(
+        self,
+        selection: ResultFilter,
+        dry_run: bool = False,
+        max_delete: int | None = None,
+        on_batch: Callable[[PurgeReport], None] | None = None,
+    ) -> PurgeReport:
+        """Delete every result under the prefix that ``selection`` matches."""
+        now = time.time()
+        chosen = (r for r in self.iter_results(selection.kinds) if selection.matches(r, now))
+        return self.delete_results(chosen, dry_run, max_delete, on_batch)
+
+    def expire_now(self, task_id: str) -> bool:
+        """Force-expire one result: it is removed now, as its expiry would remove it."""
+        found = self.fetch(task_id)
+        if found is None:
+            return False
+        return self.delete_results([found]).deleted == 1
+
+    def stats(self) -> dict:
+        """Counts by state and task, bytes, oldest/newest, sessions, results without expiry."""
+        by_state: Counter = Counter()
+        by_task: Counter = Counter()
+        sessions: set[str] = set()
+        total = size = no_expiry = 0
+        done = []
+        for result in self.iter_results():
+            total += 1
+            size += result.size
+            by_state[result.state] += 1
+            by_task[result.task_name or "(unknown)"] += 1
+            no_expiry += not result.flags and not result.session
+            if result.session:
+                sessions.add(result.session)
+            if result.done_at:
+                done.append(result.done_at)
+        return {
+            "results": total,
+            "bytes": size,
+            "by_state": dict(by_state),
+            "by_task": dict(by_task),
+            "sessions": len(sessions),
+            "without_expiry": no_expiry,
+            "oldest": min(done, default=None),
+            "newest": max(done, default=None),
+        }
 
     def exception_safe_to_retry(self, exc: BaseException) -> bool:
         """Transient failures Celery may retry (``result_backend_always_retry``): lost
