@@ -258,6 +258,7 @@ class ConsulBackend(KeyValueStoreBackend):
         except SettingsError as exc:
             raise ImproperlyConfigured(f"consulresults backend: {exc}") from None
         self.prefix = self.settings.prefix
+        _warn_if_token_in_user_part(url)
         self.expires = self.prepare_expires(kwargs.get("expires"), type=float)
         failure = conf.get("result_failure_expires")
         self.failure_expires = (
@@ -846,6 +847,22 @@ class ConsulBackend(KeyValueStoreBackend):
             status = str(exc)[:3]
             return status == "429" or (status.isdigit() and status.startswith("5"))
         return False
+
+
+def _warn_if_token_in_user_part(url: str | None) -> None:
+    """``celery report`` masks a URL's password but prints its user part, where a token given as
+    ``consulresults://TOKEN@host`` sits; say so once, with the ways that keep it hidden."""
+    if url and "://" in url:
+        netloc = url.split("://", 1)[1].split("/", 1)[0]
+        credentials = netloc.rpartition("@")[0]
+        if credentials and ":" not in credentials:
+            warnings.warn(
+                "the Consul token is in the user part of result_backend, which `celery report` "
+                "prints: write consulresults://:TOKEN@host (masked), or use "
+                "consulresults_token_file / CONSUL_HTTP_TOKEN_FILE",
+                UserWarning,
+                stacklevel=4,
+            )
 
 
 def _decode_value(value: str | None) -> bytes | None:

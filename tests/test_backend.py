@@ -48,8 +48,9 @@ def test_bad_url_is_improperly_configured_in_one_line(make_app):
 
 def test_token_is_never_shown(make_app, consul_server, consul_prefix):
     secret = "tok-7f3a9e"
-    app = make_app(backend=f"consulresults://{secret}@{consul_server.address}/p")
+    app = make_app(backend=f"consulresults://:{secret}@{consul_server.address}/p")
     backend = app.backend
+    assert backend.settings.token == secret
     assert secret not in backend.as_uri()
     assert secret not in backend.as_uri(include_password=True)
     assert secret not in repr(backend.settings)
@@ -435,3 +436,53 @@ def test_expire_never_undoes_a_concurrent_increment(make_app):
     for t in threads:
         t.join()
     assert backends[0].incr(key) == 31
+
+
+def test_celery_report_never_shows_a_masked_or_setting_token(tmp_path, consul_server):
+    import subprocess
+    import sys
+
+    (tmp_path / "reportapp.py").write_text(
+        "from celery import Celery\n"
+        "app = Celery('r')\n"
+        f"app.conf.result_backend = 'consulresults://:pw-tok-1d2f@{consul_server.address}/p'\n"
+        "app.conf.consulresults_token = 'setting-tok-9c8b'\n"
+    )
+    report = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "reportapp", "report"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert report.returncode == 0, report.stderr
+    assert "consulresults://" in report.stdout
+    assert "pw-tok-1d2f" not in report.stdout + report.stderr
+    assert "setting-tok-9c8b" not in report.stdout + report.stderr
+
+
+def test_token_in_the_user_part_warns(make_app, consul_server):
+    with pytest.warns(UserWarning, match="celery report"):
+        make_app(backend=f"consulresults://tok@{consul_server.address}/p").backend  # noqa: B018
+
+
+def test_fork_safe_connections(make_app, consul_server):
+    """A forked child must not reuse the parent's socket (Celery issue #5605)."""
+    import os
+
+    backend = make_app().backend
+    backend.store_result("parent", 1, states.SUCCESS)
+    parent_socket = backend.client.http.session
+    read_r, write_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: use the backend, report whether it got a new session object
+        try:
+            backend.store_result("child", 2, states.SUCCESS)
+            ok = backend.client.http.session is not parent_socket
+            os.write(write_w, b"ok" if ok else b"shared")
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read_r, 10) == b"ok"
+    assert backend.get_task_meta("child", cache=False)["result"] == 2
+    assert backend.get_task_meta("parent", cache=False)["result"] == 1
