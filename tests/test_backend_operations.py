@@ -35,7 +35,8 @@ def test_iter_results_reads_everything_and_skips_foreign_keys(
     builtin_backend.store_result("from-builtin", "b", states.SUCCESS)
     api.put(f"/v1/kv/{consul_prefix}other-app/config", b"not ours")
     api.put(f"/v1/kv/{consul_prefix}celery-task-meta-garbage", b"\x00not json")
-    consul_server.reset_counters() if consul_server.is_dev_server else None
+    if consul_server.is_dev_server:
+        consul_server.reset_counters()
     results = {r.id: r for r in backend.iter_results()}
     assert len(results) == 302
     assert "other-app/config" not in results
