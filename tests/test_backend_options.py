@@ -1,0 +1,88 @@
+"""Every connection option of the backend, against dev servers configured to need it."""
+
+from __future__ import annotations
+
+import consul.base
+import pytest
+import requests
+from celery import Celery, states
+
+from consulresults.devserver import AclConfig, DevServerProcess
+from consulresults.pytest_plugin import REAL_AGENT_SKIP, external_consul
+
+pytestmark = pytest.mark.skipif(external_consul() is not None, reason=REAL_AGENT_SKIP)
+
+
+def backend_for(url: str, **conf):
+    app = Celery("options", set_as_current=False)
+    app.conf.update(result_backend=url, result_expires=3600, **conf)
+    return app.backend
+
+
+def test_tls_with_ca_and_client_certificate(tmp_path):
+    from certs import make_ca_and_certs
+
+    certs = make_ca_and_certs(tmp_path)
+    with DevServerProcess(
+        "--tls-cert", certs.server_cert, "--tls-key", certs.server_key, "--tls-ca", certs.ca
+    ) as server:
+        base = f"consulresults://{server.address}/tls?scheme=https"
+        trusted = backend_for(
+            f"{base}&ca_file={certs.ca}&client_cert={certs.client_cert}"
+            f"&client_key={certs.client_key}"
+        )
+        trusted.store_result("tls", "secure", states.SUCCESS)
+        assert trusted.get_task_meta("tls")["result"] == "secure"
+        settings_form = backend_for(
+            f"{base}",
+            consulresults_ca_file=certs.ca,
+            consulresults_client_cert=certs.client_cert,
+            consulresults_client_key=certs.client_key,
+        )
+        assert settings_form.get_task_meta("tls")["result"] == "secure"
+        untrusted = backend_for(base)  # verify is on by default: the test CA is unknown
+        with pytest.raises(requests.exceptions.SSLError):
+            untrusted.get_task_meta("tls")
+
+
+def test_token_file_and_acl_denial(consul_dev_server_factory, tmp_path):
+    rules = {"key_prefix": {"allowed/": "write"}, "session_prefix": {"": "write"}}
+    server = consul_dev_server_factory(
+        acl=AclConfig(enabled=True, default_policy="deny", tokens={"app-secret": rules})
+    )
+    token_file = tmp_path / "token"
+    token_file.write_text("app-secret\n")
+    allowed = backend_for(
+        f"consulresults://{server.address}/allowed", consulresults_token_file=str(token_file)
+    )
+    allowed.store_result("ok", 1, states.SUCCESS)
+    assert allowed.get_task_meta("ok")["result"] == 1
+    outside = backend_for(
+        f"consulresults://{server.address}/elsewhere", consulresults_token_file=str(token_file)
+    )
+    with pytest.raises(Exception, match="Permission denied") as denied:
+        outside.store_result("no", 1, states.SUCCESS)
+    assert "app-secret" not in str(denied.value)
+
+
+def test_datacenter_and_consistency_are_sent(consul_dev_server_factory):
+    server = consul_dev_server_factory(datacenter="east")
+    good = backend_for(f"consulresults://{server.address}/dc?dc=east&consistency=consistent")
+    good.store_result("dc", 1, states.SUCCESS)
+    assert good.get_task_meta("dc")["result"] == 1
+    stale = backend_for(f"consulresults://{server.address}/dc?consistency=stale")
+    assert stale.get_task_meta("dc")["result"] == 1
+    wrong = backend_for(f"consulresults://{server.address}/dc?dc=west")
+    with pytest.raises(consul.base.ConsulException, match="500 No path to datacenter"):
+        wrong.get_task_meta("dc")
+
+
+def test_timeout_is_a_clear_retryable_error(consul_dev_server_factory):
+    server = consul_dev_server_factory()
+    backend = backend_for(f"consulresults://{server.address}/slow?timeout=0.3")
+    backend.store_result("t", 1, states.SUCCESS)
+    server.faults.delay(1.0, count=1)
+    with pytest.raises(requests.Timeout) as timed_out:
+        backend.get(backend.get_key_for_task("t"))
+    assert backend.exception_safe_to_retry(timed_out.value)
+    assert backend.get_task_meta("t", cache=False)["result"] == 1  # recovered
