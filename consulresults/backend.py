@@ -56,6 +56,8 @@ WRITE_ATTEMPTS = 20
 KNOWN_INDEXES = 4096
 BLOCK_SECONDS = 10.0
 CELERY_SETTINGS = (
+    "address",
+    "prefix",
     "token",
     "token_file",
     "scheme",

@@ -190,6 +190,8 @@ def from_url(url: str, source: str = "result_backend URL") -> dict:
 def coerce_option(name: str, value: object, source: str) -> dict:
     """Validate one named option from a URL query or a Celery setting."""
     where = f"{source} option {name}"
+    if name == "address":
+        return parse_address(str(value), where)
     if name == "scheme":
         if value not in ("http", "https"):
             raise SettingsError(f"{where}: must be http or https, not {value!r}")

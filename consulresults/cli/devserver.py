@@ -1,54 +1,16 @@
-"""``consul-results``: the ops command line. It parses options and renders; the work happens in
-the library modules, imported inside each command so that ``--help`` stays fast."""
+"""``consul-results dev-server``: run the Consul-compatible dev server in the foreground."""
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from . import __version__
-
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-
-app = typer.Typer(
-    name="consul-results",
-    help="Inspect, fetch, wait for and clean Celery task results stored in HashiCorp Consul.",
-    no_args_is_help=True,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+from .common import EXIT_USAGE, fail
 
 
-def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
-    """Print one error line on stderr and return the Exit to raise."""
-    typer.echo(f"consul-results: {message}", err=True)
-    return typer.Exit(code)
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"consul-results {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def main_options(
-    version: Annotated[
-        bool,
-        typer.Option(
-            "--version", callback=_version, is_eager=True, help="Print the version and exit."
-        ),
-    ] = False,
-) -> None:
-    """Inspect, fetch, wait for and clean Celery task results stored in HashiCorp Consul."""
-
-
-@app.command("dev-server")
 def dev_server(
     host: Annotated[str, typer.Option(metavar="HOST", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[
@@ -157,9 +119,9 @@ def dev_server(
     import asyncio
     import json
 
-    from .devserver import AclConfig, AclRuleError, DevServer, FaultRule
-    from .devserver.durations import DurationError, parse_go_duration
-    from .devserver.server import serve_forever
+    from ..devserver import AclConfig, AclRuleError, DevServer, FaultRule
+    from ..devserver.durations import DurationError, parse_go_duration
+    from ..devserver.server import serve_forever
 
     tokens: dict[str, str | dict] = {}
     try:
@@ -226,13 +188,3 @@ def dev_server(
 
 def _str(path: Path | None) -> str | None:
     return None if path is None else str(path)
-
-
-def main() -> None:
-    """Console-script entry point."""
-    app(prog_name="consul-results")
-
-
-if __name__ == "__main__":
-    main()
-    sys.exit(EXIT_OK)

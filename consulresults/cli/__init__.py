@@ -1,0 +1,49 @@
+"""``consul-results``: the ops command line. Commands parse options and render; the work is
+done by :mod:`consulresults.backend`, imported inside each command so ``--help`` stays fast."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+from . import devserver, results, sessions
+
+app = typer.Typer(
+    name="consul-results",
+    help="Inspect, fetch, wait for and clean Celery task results stored in HashiCorp Consul.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"consul-results {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Inspect, fetch, wait for and clean Celery task results stored in HashiCorp Consul."""
+
+
+app.command("get")(results.get)
+app.command("inspect")(results.inspect)
+app.command("ls")(results.ls)
+app.command("stats")(results.stats)
+app.add_typer(sessions.app, name="sessions")
+app.command("dev-server")(devserver.dev_server)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="consul-results")

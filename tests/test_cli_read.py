@@ -1,0 +1,200 @@
+"""Read commands over the dev server: through Typer's runner and as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from celery import states
+from conftest import backend_url
+from typer.testing import CliRunner
+
+from consulresults.cli import app
+
+
+@pytest.fixture
+def stored(make_app):
+    backend = make_app(result_extended=True).backend
+    backend.store_result("ok-1", {"n": 1}, states.SUCCESS)
+    backend.store_result(
+        "bad-1",
+        KeyError("boom"),
+        states.FAILURE,
+        traceback="Traceback (most recent call last):\nKeyError: 'boom'",
+    )
+    return backend
+
+
+@pytest.fixture
+def cli(consul_server, consul_prefix):
+    """Run the CLI in-process against the test prefix; returns the Result."""
+    runner = CliRunner()
+    url = backend_url(consul_server, consul_prefix)
+
+    def run(*args: str, input: str | None = None):
+        extra = ["--backend-url", url]
+        if consul_server.token:
+            extra += ["--token", consul_server.token]
+        return runner.invoke(app, [*args, *extra], input=input)
+
+    return run
+
+
+def test_get_json_and_not_found_exit_code(cli, stored):
+    result = cli("get", "ok-1", "bad-1", "-o", "json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [(r["id"], r["state"]) for r in rows] == [("ok-1", "SUCCESS"), ("bad-1", "FAILURE")]
+    assert rows[0]["result"] == {"n": 1}
+    assert "KeyError" in rows[1]["traceback"]
+    missing = cli("get", "ok-1", "nope", "-o", "json")
+    assert missing.exit_code == 3
+    assert json.loads(missing.stdout)[0]["id"] == "ok-1"
+    assert "no result for task nope" in missing.stderr
+
+
+def test_get_field_raw_and_ids_from_stdin(cli, stored):
+    field = cli("get", "bad-1", "--field", "state")
+    assert field.stdout == "FAILURE\n"
+    raw = cli("get", "ok-1", "--raw")
+    assert json.loads(raw.stdout)["status"] == "SUCCESS"
+    piped = cli("get", "-", "-o", "ids", input="ok-1\nbad-1\n")
+    assert piped.stdout.split() == ["ok-1", "bad-1"]
+    bad_field = cli("get", "ok-1", "--field", "colour")
+    assert bad_field.exit_code == 2
+    assert "no field 'colour'" in bad_field.stderr
+
+
+def test_get_wait_times_out_with_exit_75(cli):
+    result = cli("get", "never-done", "--wait", "--timeout", "0.3")
+    assert result.exit_code == 75
+    assert "timed out after 0.3 s waiting for task never-done" in result.stderr
+
+
+def test_get_wait_returns_when_the_result_lands(cli, make_app):
+    import threading
+
+    backend = make_app().backend
+    threading.Timer(0.5, lambda: backend.store_result("later", 7, states.SUCCESS)).start()
+    result = cli("get", "later", "--wait", "--timeout", "20", "--field", "result")
+    assert (result.exit_code, result.stdout) == (0, "7\n")
+
+
+def test_inspect_shows_consul_metadata(cli, stored):
+    result = cli("inspect", "ok-1", "-o", "json")
+    row = json.loads(result.stdout)[0]
+    assert row["key"].endswith("/celery-task-meta-ok-1")
+    assert row["session_behavior"] == "delete"
+    assert row["session_ttl"] == "3900s"
+    assert row["session_checks"] == []
+    assert row["modify_index"] >= row["create_index"]
+    assert "TTL" in row["expected_expiry"]
+
+
+def test_ls_filters_sort_limit_count_and_formats(cli, stored):
+    listed = cli("ls", "-o", "json")
+    assert sorted(r["id"] for r in json.loads(listed.stdout)) == ["bad-1", "ok-1"]
+    failures = cli("ls", "--state", "failure", "-o", "ids")
+    assert failures.stdout == "bad-1\n"
+    assert cli("ls", "--count").stdout == "2\n"
+    assert cli("ls", "--limit", "1", "-o", "ids").stdout == "bad-1\n"
+    tsv = cli("ls", "-o", "tsv").stdout.splitlines()
+    assert tsv[0].split("\t") == ["id", "state", "task", "date_done", "expires", "session", "bytes"]
+    assert len(tsv) == 3
+    none = cli("ls", "--state", "REVOKED", "-o", "json")
+    assert (none.exit_code, json.loads(none.stdout)) == (0, [])
+    assert cli("ls", "--state", "REVOKED", "--detailed-exitcode").exit_code == 3
+    assert cli("ls", "--older-than", "1d", "--count").stdout == "0\n"
+    assert cli("ls", "--newer-than", "1h", "--count").stdout == "2\n"
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["ls", "--older-than", "soon"], "is not a duration like 7d"),
+        (["ls", "--sort", "colour"], "--sort: 'colour' is not one of"),
+        (["ls", "-o", "xml"], "--output: 'xml' is not one of"),
+    ],
+)
+def test_bad_options_are_usage_errors(cli, args, message):
+    result = cli(*args)
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_stats_and_sessions(cli, stored):
+    stats = json.loads(cli("stats", "-o", "json").stdout)
+    assert stats["results"] == 2
+    assert stats["by_state"] == {"SUCCESS": 1, "FAILURE": 1}
+    assert stats["sessions"] == 1
+    sessions = json.loads(cli("sessions", "ls", "-o", "json").stdout)
+    assert [s["held"] for s in sessions] == [2]
+    session_id = sessions[0]["id"]
+    shown = json.loads(cli("sessions", "show", session_id, "-o", "json").stdout)
+    assert shown["behavior"] == "delete"
+    assert cli("sessions", "show", "00000000-0000-0000-0000-000000000000").exit_code == 3
+
+
+def test_unreachable_consul_is_exit_69_in_one_line():
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "consulresults",
+            "ls",
+            "--http-addr",
+            "127.0.0.1:9",
+            "--prefix",
+            "x",
+            "--token",
+            "sekrit-token",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 69
+    assert result.stderr.strip().splitlines() == [
+        "consul-results: cannot reach Consul at http://127.0.0.1:9: connection refused "
+        "(set --http-addr or CONSUL_HTTP_ADDR)"
+    ]
+    assert "sekrit-token" not in result.stdout + result.stderr
+
+
+def test_permission_denied_is_exit_77(consul_dev_server_factory):
+    from consulresults.devserver import AclConfig
+
+    server = consul_dev_server_factory(
+        acl=AclConfig(
+            enabled=True,
+            default_policy="deny",
+            tokens={"t-limited": {"key_prefix": {"a/": "read"}}},
+        )
+    )
+    result = CliRunner().invoke(
+        app, ["get", "x", "--http-addr", server.address, "--prefix", "b", "--token", "t-limited"]
+    )
+    assert result.exit_code == 77
+    assert result.stderr.startswith("consul-results: permission denied by Consul:")
+    assert "t-limited" not in result.output
+
+
+def test_app_option_reads_the_apps_backend(
+    tmp_path, consul_server, consul_prefix, stored, monkeypatch
+):
+    (tmp_path / "myproj.py").write_text(
+        "from celery import Celery\n"
+        "app = Celery('myproj')\n"
+        f"app.conf.result_backend = {backend_url(consul_server, consul_prefix)!r}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    extra = ["--token", consul_server.token] if consul_server.token else []
+    result = CliRunner().invoke(app, ["ls", "-A", "myproj", "-o", "ids", *extra])
+    assert result.exit_code == 0, result.output
+    assert sorted(result.stdout.split()) == ["bad-1", "ok-1"]
+    broken = CliRunner().invoke(app, ["ls", "-A", "no_such_module_xyz"])
+    assert broken.exit_code == 2
+    assert "cannot load the Celery app 'no_such_module_xyz'" in broken.stderr
