@@ -211,10 +211,13 @@ class ResultFilter:
     expired: bool = False
     no_session: bool = False
     kinds: frozenset[str] = frozenset({"task"})
+    include_unreadable: bool = False
 
     def matches(self, result: StoredResult, now: float) -> bool:
         if result.kind not in self.kinds:
             return False
+        if result.kind == "task" and result.meta is None and not self.include_unreadable:
+            return False  # named like a result, but we cannot tell what it is
         if self.states and result.state not in self.states:
             return False
         if self.task_globs and not any(

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import devserver, results, sessions
+from . import cleaning, devserver, results, sessions
 
 app = typer.Typer(
     name="consul-results",
@@ -40,6 +40,11 @@ app.command("get")(results.get)
 app.command("inspect")(results.inspect)
 app.command("ls")(results.ls)
 app.command("stats")(results.stats)
+app.command("rm")(cleaning.rm)
+app.command("expire")(cleaning.expire)
+app.command("purge")(cleaning.purge)
+sessions.app.command("expire")(cleaning.expire_sessions)
+sessions.app.command("gc")(cleaning.gc_sessions)
 app.add_typer(sessions.app, name="sessions")
 app.command("dev-server")(devserver.dev_server)
 

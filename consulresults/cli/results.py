@@ -255,8 +255,10 @@ def selection(
     newer_than: str | None,
     expired: bool,
     no_session: bool,
+    include_unreadable: bool,
 ) -> ResultFilter:
-    """The filter ``ls`` and ``purge`` share."""
+    """The filter ``ls`` and ``purge`` share (``ls`` shows unreadable keys, ``purge`` keeps
+    them unless told otherwise)."""
     from ..backend import ResultFilter
 
     return ResultFilter(
@@ -266,6 +268,7 @@ def selection(
         newer_than=parse_when(newer_than, "--newer-than") if newer_than else None,
         expired=expired,
         no_session=no_session,
+        include_unreadable=include_unreadable,
     )
 
 
@@ -325,7 +328,7 @@ def ls(
     fmt = check_format(output)
     if sort not in SORT_KEYS:
         raise fail(f"--sort: {sort!r} is not one of {', '.join(SORT_KEYS)}", EXIT_USAGE)
-    chosen = selection(state, task, older_than, newer_than, expired, no_session)
+    chosen = selection(state, task, older_than, newer_than, expired, no_session, True)
     backend = conn.open_backend()
     matches = list(_matching(backend, chosen))
     if count:

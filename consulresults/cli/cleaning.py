@@ -1,0 +1,251 @@
+"""Destructive commands: ``rm``, ``expire``, ``purge``, ``sessions expire``, ``sessions gc``.
+
+Safe by default: an empty prefix (every key in Consul) is refused unless ``--all-prefixes``;
+on a terminal they say what they will do and ask; without a terminal they refuse unless
+``--yes``; ``--dry-run`` shows what would go and deletes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from .. import render
+from .common import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, Connection, consul_command, fail
+from .results import (
+    ExpiredOption,
+    NewerOption,
+    NoSessionOption,
+    OlderOption,
+    StateOption,
+    TaskOption,
+    ids_from,
+    selection,
+)
+
+if TYPE_CHECKING:
+    from ..backend import ConsulBackend, PurgeReport
+
+YesOption = Annotated[
+    bool,
+    typer.Option(
+        "--yes", "-y", help="Do it without asking (needed when not on a terminal, e.g. in cron)."
+    ),
+]
+DryRunOption = Annotated[
+    bool, typer.Option("--dry-run", help="Show what would be deleted; delete nothing.")
+]
+AllPrefixesOption = Annotated[
+    bool,
+    typer.Option("--all-prefixes", help="Allow an empty prefix, i.e. every key in this Consul."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
+
+
+def guarded_backend(conn: Connection, all_prefixes: bool) -> ConsulBackend:
+    backend = conn.open_backend()
+    if not backend.prefix and not all_prefixes:
+        raise fail(
+            "refusing to work on an empty prefix (every key in this Consul): give "
+            "--prefix, or --all-prefixes if you really mean it",
+            EXIT_USAGE,
+        )
+    return backend
+
+
+def confirm(action: str, yes: bool) -> None:
+    """Ask on a terminal; without one, ``--yes`` is required (exit 2 saying so)."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise fail(f"not on a terminal: refusing to {action} without --yes", EXIT_USAGE)
+    if not typer.confirm(f"{action[0].upper()}{action[1:]}?", default=False, err=True):
+        raise fail("nothing done", EXIT_USAGE)
+
+
+def summary(report: PurgeReport, as_json: bool) -> None:
+    data = {
+        "matched": report.matched,
+        "deleted": report.deleted,
+        "skipped": report.skipped,
+        "failed": report.failed,
+        "dry_run": report.dry_run,
+    }
+    if as_json:
+        typer.echo(json.dumps(data))
+        return
+    verb = "would delete" if report.dry_run else "deleted"
+    count = report.matched if report.dry_run else report.deleted
+    typer.echo(
+        f"matched {report.matched}, {verb} {count}, skipped {report.skipped} "
+        f"(changed meanwhile), failed {report.failed}"
+    )
+
+
+@consul_command
+def rm(
+    conn: Connection,
+    task_ids: Annotated[
+        list[str],
+        typer.Argument(metavar="ID...", help="Task ids; - reads them from standard input."),
+    ],
+    yes: YesOption = False,
+    dry_run: DryRunOption = False,
+    all_prefixes: AllPrefixesOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete results by id (exit 3 if some were not there)."""
+    backend = guarded_backend(conn, all_prefixes)
+    ids = ids_from(task_ids)
+    found = [r for r in (backend.fetch(i) for i in ids) if r is not None]
+    missing = len(ids) - len(found)
+    if found and not dry_run:
+        confirm(f"delete {len(found)} result(s) under {backend.prefix or '(root)'}/", yes)
+    summary(backend.delete_results(found, dry_run=dry_run), as_json)
+    raise typer.Exit(EXIT_NOT_FOUND if missing else EXIT_OK)
+
+
+@consul_command
+def expire(
+    conn: Connection,
+    task_ids: Annotated[
+        list[str],
+        typer.Argument(metavar="ID...", help="Task ids; - reads them from standard input."),
+    ],
+    yes: YesOption = False,
+    all_prefixes: AllPrefixesOption = False,
+) -> None:
+    """Force-expire results now: each is removed as its expiry would remove it."""
+    backend = guarded_backend(conn, all_prefixes)
+    ids = ids_from(task_ids)
+    confirm(f"expire {len(ids)} result(s) now", yes)
+    gone = sum(backend.expire_now(i) for i in ids)
+    typer.echo(f"expired {gone} of {len(ids)}")
+    raise typer.Exit(EXIT_OK if gone == len(ids) else EXIT_NOT_FOUND)
+
+
+@consul_command
+def purge(
+    conn: Connection,
+    state: StateOption = None,
+    task: TaskOption = None,
+    older_than: OlderOption = None,
+    newer_than: NewerOption = None,
+    expired: ExpiredOption = False,
+    no_session: NoSessionOption = False,
+    max_delete: Annotated[
+        int | None,
+        typer.Option("--max-delete", metavar="N", min=1, help="Stop after deleting N results."),
+    ] = None,
+    include_unreadable: Annotated[
+        bool,
+        typer.Option(
+            "--include-unreadable",
+            help="Also delete result keys whose value cannot be decoded (kept by default: "
+            "they may not be results).",
+        ),
+    ] = False,
+    yes: YesOption = False,
+    dry_run: DryRunOption = False,
+    all_prefixes: AllPrefixesOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete every result under the prefix that the filters match, in /v1/txn batches with
+    delete-cas: a result rewritten meanwhile is skipped, never deleted."""
+    chosen = selection(state, task, older_than, newer_than, expired, no_session, include_unreadable)
+    backend = guarded_backend(conn, all_prefixes)
+    if not dry_run:
+        confirm(f"purge matching results under {backend.prefix or '(root)'}/", yes)
+    with _progress(dry_run) as on_batch:
+        report = backend.purge(chosen, dry_run=dry_run, max_delete=max_delete, on_batch=on_batch)
+    summary(report, as_json)
+
+
+class _progress:
+    """A rich progress line on a terminal (transient: it leaves nothing behind)."""
+
+    def __init__(self, dry_run: bool) -> None:
+        self.enabled = sys.stderr.isatty() and not dry_run
+        self._progress = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from rich.progress import Progress, SpinnerColumn, TextColumn
+
+        self._progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            console=render.stderr_console(),
+            transient=True,
+        )
+        self._progress.start()
+        task = self._progress.add_task("purging…")
+
+        def on_batch(report: PurgeReport) -> None:
+            self._progress.update(
+                task, description=f"deleted {report.deleted}, skipped {report.skipped}"
+            )
+
+        return on_batch
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+@consul_command
+def expire_sessions(
+    conn: Connection,
+    session_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Session ids.")],
+    yes: YesOption = False,
+    all_prefixes: AllPrefixesOption = False,
+) -> None:
+    """Invalidate sessions now: Consul applies each one's behaviour (ours: delete every key it
+    holds). Says how many keys under the prefix they hold before doing it."""
+    backend = guarded_backend(conn, all_prefixes)
+    known = {s["ID"]: s for s in backend.sessions()}
+    unknown = [i for i in session_ids if i not in known]
+    for session_id in unknown:
+        typer.echo(f"consul-results: no session {session_id}", err=True)
+    chosen = [known[i] for i in session_ids if i in known]
+    held = sum(s["Held"] for s in chosen)
+    behaviours = sorted({s["Behavior"] for s in chosen})
+    if chosen:
+        confirm(
+            f"expire {len(chosen)} session(s) holding {held} key(s) under "
+            f"{backend.prefix or '(root)'}/ (behaviour: {', '.join(behaviours)})",
+            yes,
+        )
+    for session in chosen:
+        backend.destroy_session(session["ID"])
+    typer.echo(f"expired {len(chosen)} session(s) holding {held} key(s)")
+    raise typer.Exit(EXIT_NOT_FOUND if unknown else EXIT_OK)
+
+
+@consul_command
+def gc_sessions(
+    conn: Connection,
+    yes: YesOption = False,
+    dry_run: DryRunOption = False,
+    all_prefixes: AllPrefixesOption = False,
+) -> None:
+    """Destroy sessions made for results (ours, and Celery's built-in ones) that hold no keys."""
+    backend = guarded_backend(conn, all_prefixes)
+    idle = [s for s in backend.sessions() if not s["Held"] and _results_session(s)]
+    if idle and not dry_run:
+        confirm(f"destroy {len(idle)} idle result session(s)", yes)
+    for session in [] if dry_run else idle:
+        backend.destroy_session(session["ID"])
+    verb = "would destroy" if dry_run else "destroyed"
+    typer.echo(f"{verb} {len(idle)} idle session(s)")
+
+
+def _results_session(session: dict) -> bool:
+    """Sessions our backend names ``consul-results:…``; Celery's built-in names them after the
+    result key (``celery-task-meta-…``)."""
+    name = session.get("Name") or ""
+    return name.startswith(("consul-results:", "celery-task-meta-", "celery-taskset-meta-"))

@@ -1,0 +1,156 @@
+"""Destructive commands: safe by default, exact in what they delete, honest in what they say."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from celery import states
+from conftest import backend_url
+from typer.testing import CliRunner
+
+from consulresults.cli import app
+
+
+@pytest.fixture
+def backend(make_app):
+    backend = make_app().backend
+    for i in range(5):
+        backend.store_result(f"ok-{i}", i, states.SUCCESS)
+    backend.store_result("bad-0", KeyError("x"), states.FAILURE)
+    return backend
+
+
+@pytest.fixture
+def cli(consul_server, consul_prefix):
+    runner = CliRunner()
+    url = backend_url(consul_server, consul_prefix)
+
+    def run(*args: str, input: str | None = None):
+        extra = ["--backend-url", url]
+        if consul_server.token:
+            extra += ["--token", consul_server.token]
+        return runner.invoke(app, [*args, *extra], input=input)
+
+    return run
+
+
+def ids(backend) -> set[str]:
+    return {r.id for r in backend.iter_results()}
+
+
+def test_without_a_terminal_yes_is_required(cli, backend):
+    for args in (["rm", "ok-0"], ["purge"], ["expire", "ok-0"]):
+        result = cli(*args)
+        assert result.exit_code == 2, args
+        assert "not on a terminal: refusing to" in result.stderr
+        assert "without --yes" in result.stderr
+    assert len(ids(backend)) == 6
+
+
+def test_empty_prefix_is_refused(consul_server):
+    result = CliRunner().invoke(app, ["purge", "--yes", "--http-addr", consul_server.address])
+    assert result.exit_code == 2
+    assert "refusing to work on an empty prefix" in result.stderr
+    root = CliRunner().invoke(
+        app, ["purge", "--yes", "--backend-url", f"consulresults://{consul_server.address}/"]
+    )
+    assert root.exit_code == 2
+
+
+def test_rm_deletes_exactly_what_it_is_given(cli, backend):
+    result = cli("rm", "ok-0", "ok-1", "--yes")
+    assert result.exit_code == 0
+    assert result.stdout == "matched 2, deleted 2, skipped 0 (changed meanwhile), failed 0\n"
+    assert ids(backend) == {"ok-2", "ok-3", "ok-4", "bad-0"}
+    missing = cli("rm", "ok-2", "nope", "--yes", "--json")
+    assert missing.exit_code == 3
+    assert json.loads(missing.stdout)["deleted"] == 1
+    piped = cli("rm", "-", "--yes", input="ok-3\nok-4\n")
+    assert piped.exit_code == 0
+    assert ids(backend) == {"bad-0"}
+
+
+def test_purge_dry_run_filters_and_max_delete(cli, backend):
+    dry = cli("purge", "--state", "SUCCESS", "--dry-run", "--json")
+    assert json.loads(dry.stdout) == {
+        "matched": 5,
+        "deleted": 0,
+        "skipped": 0,
+        "failed": 0,
+        "dry_run": True,
+    }
+    assert len(ids(backend)) == 6
+    limited = cli("purge", "--state", "SUCCESS", "--max-delete", "2", "--yes", "--json")
+    assert json.loads(limited.stdout)["deleted"] == 2
+    rest = cli("purge", "--state", "SUCCESS", "--yes")
+    assert rest.stdout.startswith("matched 3, deleted 3")
+    assert ids(backend) == {"bad-0"}
+
+
+def test_purge_never_touches_other_prefixes_or_foreign_keys(cli, backend, api, consul_prefix):
+    other = consul_prefix.rstrip("/") + "-other/celery-task-meta-keep"
+    api.put(f"/v1/kv/{other}", b'{"status": "SUCCESS"}')
+    api.put(f"/v1/kv/{consul_prefix}config/app", b"foreign")
+    api.put(f"/v1/kv/{consul_prefix}celery-task-meta-garbage", b"\x00\x01")
+    result = cli("purge", "--yes", "--json")
+    assert json.loads(result.stdout)["deleted"] == 6
+    assert api.entry(other) is not None
+    assert api.entry(consul_prefix + "config/app") is not None
+    assert api.entry(consul_prefix + "celery-task-meta-garbage") is not None  # unidentifiable
+    api.delete(f"/v1/kv/{other}")
+
+
+def test_expire_and_sessions_expire_and_gc(cli, backend, api):
+    assert cli("expire", "ok-0", "--yes").stdout == "expired 1 of 1\n"
+    assert "ok-0" not in ids(backend)
+    session = backend.fetch("ok-1").session
+    result = cli("sessions", "expire", session, "--yes")
+    assert result.exit_code == 0
+    assert result.stdout == "expired 1 session(s) holding 5 key(s)\n"
+    assert ids(backend) == set()
+    idle = api.session(Name="consul-results:host:1", Checks=[], TTL="60s")
+    foreign = api.session(Name="someone-elses-lock", Checks=[], TTL="60s")
+    dry = cli("sessions", "gc", "--dry-run")
+    assert "would destroy" in dry.stdout
+    assert cli("sessions", "gc", "--yes").exit_code == 0
+    assert api.get(f"/v1/session/info/{idle}").json() == []
+    assert api.get(f"/v1/session/info/{foreign}").json() != []
+    api.put(f"/v1/session/destroy/{foreign}")
+
+
+def test_purge_as_a_subprocess_from_cron(consul_server, consul_prefix, backend):
+    cmd = [
+        sys.executable,
+        "-m",
+        "consulresults",
+        "purge",
+        "--backend-url",
+        backend_url(consul_server, consul_prefix),
+        "--state",
+        "FAILURE",
+    ]
+    if consul_server.token:
+        cmd += ["--token", consul_server.token]
+    refused = subprocess.run(
+        cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60
+    )
+    assert refused.returncode == 2
+    done = subprocess.run(
+        [*cmd, "--yes"], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60
+    )
+    assert done.returncode == 0
+    assert done.stdout.startswith("matched 1, deleted 1")
+    assert done.stderr == ""  # no progress bar when not on a terminal
+
+
+def test_include_unreadable_deletes_garbage_only_when_asked(cli, backend, api, consul_prefix):
+    api.put(f"/v1/kv/{consul_prefix}celery-task-meta-garbage", b"\x00\x01")
+    listed = cli("ls", "-o", "json")
+    assert "UNREADABLE" in [r["state"] for r in json.loads(listed.stdout)]
+    assert json.loads(cli("purge", "--yes", "--json").stdout)["deleted"] == 6
+    forced = cli("purge", "--yes", "--json", "--include-unreadable")
+    assert json.loads(forced.stdout)["deleted"] == 1
+    assert api.entry(consul_prefix + "celery-task-meta-garbage") is None
