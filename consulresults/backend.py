@@ -64,6 +64,7 @@ CELERY_SETTINGS = (
     "ca_file",
     "client_cert",
     "client_key",
+    "tls_server_name",
     "verify",
     "datacenter",
     "consistency",
@@ -232,6 +233,16 @@ class ResultFilter:
         if self.expired and not (result.expires_at and result.expires_at <= now):
             return False
         return not (self.no_session and result.session)
+
+
+@dataclass
+class Diagnosis:
+    """One ``doctor`` check: what was checked, whether it passed, and the detail or error."""
+
+    name: str
+    ok: bool
+    detail: str
+    error: BaseException | None = None
 
 
 @dataclass
@@ -497,7 +508,7 @@ class ConsulBackend(KeyValueStoreBackend):
         response = self._txn(ops)
         if response.status == 200:
             return WriteOutcome(True, response.body["Results"][-1]["KV"]["ModifyIndex"])
-        if response.status == 409:
+        if response.status == 409 and not _denied(response):
             return WriteOutcome(False, errors=response.body["Errors"])
         raise _txn_error(response)
 
@@ -783,7 +794,7 @@ class ConsulBackend(KeyValueStoreBackend):
         response = self._txn(ops)
         if response.status == 200:
             report.deleted += len(batch)
-        elif response.status == 409:
+        elif response.status == 409 and not _denied(response):
             stale = {e["OpIndex"] for e in response.body["Errors"]}
             report.skipped += len(stale)
             rest = [op for i, op in enumerate(ops) if i not in stale]
@@ -843,6 +854,90 @@ class ConsulBackend(KeyValueStoreBackend):
             "newest": max(done, default=None),
         }
 
+    def diagnose(self) -> list[Diagnosis]:
+        """Can this backend work here? Reach the agent, a leader, read and write the prefix,
+        create sessions, and whether ``result_expires`` fits Consul's limits. Writes leave
+        nothing behind: the probe key is set and deleted in one transaction."""
+        checks = [
+            ("reach the agent", self._check_agent),
+            ("a cluster leader", self._check_leader),
+            ("read the prefix", self._check_read),
+            ("write the prefix", self._check_write),
+            ("create sessions", self._check_sessions),
+        ]
+        found = []
+        for name, check in checks:
+            try:
+                found.append(Diagnosis(name, True, check()))
+            except Exception as exc:  # reported, never raised: the next checks still run
+                found.append(
+                    Diagnosis(
+                        name,
+                        False,
+                        str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__,
+                        exc,
+                    )
+                )
+                if name == "reach the agent":
+                    break
+        found.append(self._check_expiry())
+        return found
+
+    def _check_agent(self) -> str:
+        info = self.client.agent.self()
+        return (
+            f"{self.settings.base_url}: Consul {info['Config'].get('Version', '?')}, node "
+            f"{info['Config'].get('NodeName', '?')}"
+        )
+
+    def _check_leader(self) -> str:
+        leader = self.client.status.leader()
+        if not leader:
+            raise consul.base.ConsulException("500 No cluster leader")
+        return f"leader {leader}"
+
+    def _check_read(self) -> str:
+        return f"{len(self._list_keys())} key(s) under {self.prefix or '(root)'}/"
+
+    def _check_write(self) -> str:
+        probe = self._key(f"consul-results-doctor-{uuid.uuid4().hex}")
+        response = self._txn(
+            [
+                {"KV": {"Verb": "set", "Key": probe, "Value": ""}},
+                {"KV": {"Verb": "delete", "Key": probe}},
+            ]
+        )
+        if response.status != 200:
+            raise _txn_error(response)
+        return f"set and deleted {probe}"
+
+    def _check_sessions(self) -> str:
+        session = self.client.session.create(
+            name="consul-results:doctor", ttl=10, lock_delay=0, checks=[], behavior="delete"
+        )
+        self.client.session.destroy(session)
+        return "created and destroyed a 10 s session"
+
+    def _check_expiry(self) -> Diagnosis:
+        plan = self.expiry
+        if not self.expires:
+            return Diagnosis("result_expires", True, "None: results never expire")
+        if plan.session_ttl is None:
+            return Diagnosis(
+                "result_expires",
+                True,
+                f"{self.expires:g} s: over what sessions "
+                "allow, so expiry is recorded in Flags; run celery beat "
+                "(backend_cleanup) or `purge --expired`",
+            )
+        note = " (raised to Consul's 10 s minimum)" if self.expires < MIN_TTL else ""
+        return Diagnosis(
+            "result_expires",
+            True,
+            f"{self.expires:g} s{note}: sessions with TTL "
+            f"{plan.session_ttl} s; Consul deletes results within 2xTTL",
+        )
+
     def exception_safe_to_retry(self, exc: BaseException) -> bool:
         """Transient failures Celery may retry (``result_backend_always_retry``): lost
         connections, timeouts, 429 and 5xx answers such as "No cluster leader"."""
@@ -884,8 +979,21 @@ def _parse_counter(value: bytes | None) -> tuple[int, list[str]]:
         return int(value), []  # a plain counter
 
 
+def _denied(response: RawResponse) -> str | None:
+    """The first "Permission denied" of a txn's errors (ACLs deny per operation, with a 409)."""
+    if response.status != 409 or not isinstance(response.body, dict):
+        return None
+    for error in response.body.get("Errors") or ():
+        if error["What"].startswith("Permission denied"):
+            return error["What"]
+    return None
+
+
 def _txn_error(response: RawResponse) -> consul.base.ConsulException:
     """A txn answer that is neither success nor a conflict, as python-consul2 would raise it."""
+    denied = _denied(response)
+    if denied:
+        return consul.base.ACLPermissionDenied(denied)
     text = response.body if isinstance(response.body, str) else json.dumps(response.body)
     if response.status == 403:
         return consul.base.ACLPermissionDenied(text)

@@ -34,6 +34,22 @@ class RawResponse:
     body: object
 
 
+class _Adapter(HTTPAdapter):
+    """Keep-alive pool; with a TLS server name, it is sent as SNI and checked in the
+    certificate instead of the host name (as the Consul CLI's -tls-server-name does)."""
+
+    def __init__(self, tls_server_name: str | None) -> None:
+        self._tls_server_name = tls_server_name
+        super().__init__(pool_connections=4, pool_maxsize=POOL_SIZE, max_retries=0)
+
+    def init_poolmanager(self, *args, **kwargs):
+        if self._tls_server_name:
+            kwargs.update(
+                server_hostname=self._tls_server_name, assert_hostname=self._tls_server_name
+            )
+        super().init_poolmanager(*args, **kwargs)
+
+
 class Transport(consul.base.HTTPClient):
     """python-consul2's HTTP client interface over a fork-safe, pooled ``requests`` session."""
 
@@ -46,6 +62,7 @@ class Transport(consul.base.HTTPClient):
         self.base_uri = settings.base_url
         self._token = token
         self._datacenter = settings.datacenter
+        self._tls_server_name = settings.tls_server_name
         self._lock = threading.Lock()
         self._pid = -1
         self._session: requests.Session | None = None
@@ -57,7 +74,7 @@ class Transport(consul.base.HTTPClient):
             with self._lock:
                 if self._pid != os.getpid():
                     session = requests.Session()
-                    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE, max_retries=0)
+                    adapter = _Adapter(self._tls_server_name)
                     session.mount("http://", adapter)
                     session.mount("https://", adapter)
                     session.trust_env = False  # CONSUL_* settings are resolved elsewhere

@@ -25,6 +25,7 @@ URL_OPTIONS = {
     "ca_file",
     "client_cert",
     "client_key",
+    "tls_server_name",
     "verify",
     "datacenter",
     "dc",
@@ -53,6 +54,7 @@ class ConsulSettings:
     ca_file: str | None = None
     client_cert: str | None = None
     client_key: str | None = None
+    tls_server_name: str | None = None
     verify: bool = True
     datacenter: str | None = None
     consistency: str = "default"
@@ -157,6 +159,7 @@ def from_environment(environ: Mapping[str, str]) -> dict:
         ("CONSUL_CACERT", "ca_file"),
         ("CONSUL_CLIENT_CERT", "client_cert"),
         ("CONSUL_CLIENT_KEY", "client_key"),
+        ("CONSUL_TLS_SERVER_NAME", "tls_server_name"),
     ):
         if environ.get(env):
             found[name] = environ[env]

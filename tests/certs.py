@@ -64,7 +64,11 @@ def make_ca_and_certs(directory: Path) -> CertFiles:
     ca_key, ca_cert = _issue(
         "consul-results test CA", None, None, None, directory / "ca.pem", ca=True
     )
-    san = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+    san = [
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.DNSName("localhost"),
+        x509.DNSName("server.dc1.consul"),
+    ]
     server_key, _ = _issue(
         "server.dc1.consul",
         ca_cert.subject,

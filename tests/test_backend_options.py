@@ -86,3 +86,17 @@ def test_timeout_is_a_clear_retryable_error(consul_dev_server_factory):
         backend.get(backend.get_key_for_task("t"))
     assert backend.exception_safe_to_retry(timed_out.value)
     assert backend.get_task_meta("t", cache=False)["result"] == 1  # recovered
+
+
+def test_tls_server_name_is_checked_instead_of_the_address(tmp_path):
+    from certs import make_ca_and_certs
+
+    certs = make_ca_and_certs(tmp_path)
+    with DevServerProcess("--tls-cert", certs.server_cert, "--tls-key", certs.server_key) as server:
+        base = f"consulresults://{server.address}/sni?scheme=https&ca_file={certs.ca}"
+        named = backend_for(f"{base}&tls_server_name=server.dc1.consul")
+        named.store_result("sni", 1, states.SUCCESS)
+        assert named.get_task_meta("sni")["result"] == 1
+        wrong = backend_for(f"{base}&tls_server_name=other.dc9.consul")
+        with pytest.raises(requests.exceptions.SSLError):
+            wrong.get_task_meta("sni")

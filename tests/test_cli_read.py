@@ -198,3 +198,59 @@ def test_app_option_reads_the_apps_backend(
     broken = CliRunner().invoke(app, ["ls", "-A", "no_such_module_xyz"])
     assert broken.exit_code == 2
     assert "cannot load the Celery app 'no_such_module_xyz'" in broken.stderr
+
+
+def test_doctor_passes_on_a_working_setup(cli):
+    result = cli("doctor")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "ok   reach the agent",
+        "ok   a cluster leader",
+        "ok   read the prefix",
+        "ok   write the prefix",
+        "ok   create sessions",
+        "ok   result_expires",
+    ]
+
+
+def test_doctor_reports_each_failure_with_its_exit_code(consul_dev_server_factory):
+    from consulresults.devserver import AclConfig
+
+    rules = {"key_prefix": {"myapp/": "read"}, "agent_prefix": {"": "read"}}
+    server = consul_dev_server_factory(
+        acl=AclConfig(enabled=True, default_policy="deny", tokens={"read-only": rules})
+    )
+    args = ["doctor", "--http-addr", server.address, "--prefix", "myapp", "--token", "read-only"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 77
+    failed = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
+    assert [line.split(":")[0] for line in failed] == [
+        "FAIL write the prefix",
+        "FAIL create sessions",
+    ]
+    assert "read-only" not in result.stdout
+    unreachable = CliRunner().invoke(app, ["doctor", "--http-addr", "127.0.0.1:9"])
+    assert unreachable.exit_code == 69
+    assert "cannot reach Consul at http://127.0.0.1:9" in unreachable.stdout
+
+
+def test_a_denied_write_fails_at_once(consul_dev_server_factory):
+    from celery import Celery
+
+    from consulresults.devserver import AclConfig
+
+    rules = {"key_prefix": {"ro/": "read"}, "session_prefix": {"": "write"}}
+    server = consul_dev_server_factory(
+        acl=AclConfig(enabled=True, default_policy="deny", tokens={"read-only": rules})
+    )
+    celery_app = Celery("denied", set_as_current=False)
+    celery_app.conf.update(
+        result_backend=f"consulresults://:read-only@{server.address}/ro", result_expires=3600
+    )
+    server.reset_counters()
+    import consul.base
+
+    with pytest.raises(consul.base.ACLPermissionDenied, match="lacks permission 'key:write'"):
+        celery_app.backend.store_result("t", 1, states.SUCCESS)
+    assert server.counters()["txn"] == 1  # not retried as if it were a conflict

@@ -51,13 +51,17 @@ class Connection:
     ca_file: str | None = None
     client_cert: str | None = None
     client_key: str | None = None
+    tls_server_name: str | None = None
     datacenter: str | None = None
-    consistency: str | None = None
+    stale: bool = False
+    consistent: bool = False
 
     def open_backend(self) -> ConsulBackend:
         """Our backend for the app's (or the URL's) results, with the flags applied on top."""
         from ..backend import ConsulBackend
 
+        if self.stale and self.consistent:
+            raise fail("--stale and --consistent exclude each other: choose one", EXIT_USAGE)
         app, url = self._celery_app()
         explicit = {
             "address": self.http_addr,
@@ -67,8 +71,9 @@ class Connection:
             "ca_file": self.ca_file,
             "client_cert": self.client_cert,
             "client_key": self.client_key,
+            "tls_server_name": self.tls_server_name,
             "datacenter": self.datacenter,
-            "consistency": self.consistency,
+            "consistency": "stale" if self.stale else "consistent" if self.consistent else None,
         }
         for name, value in explicit.items():
             if value is not None:
@@ -177,13 +182,23 @@ _COMMON = {
             "--datacenter", metavar="DC", rich_help_panel=PANEL, help="Datacenter to query."
         ),
     ],
-    "consistency": Annotated[
+    "tls_server_name": Annotated[
         str | None,
         typer.Option(
-            "--consistency",
-            metavar="MODE",
+            "--tls-server-name",
+            metavar="NAME",
             rich_help_panel=PANEL,
-            help="Read consistency: default, consistent or stale.",
+            help="Name to expect in Consul's certificate (and to send as SNI).",
+        ),
+    ],
+    "stale": Annotated[
+        bool,
+        typer.Option("--stale", rich_help_panel=PANEL, help="Allow stale reads (any server)."),
+    ],
+    "consistent": Annotated[
+        bool,
+        typer.Option(
+            "--consistent", rich_help_panel=PANEL, help="Consistent reads (leader checks quorum)."
         ),
     ],
 }
@@ -195,8 +210,11 @@ def consul_command(fn: Callable) -> Callable:
     Consul, network and configuration failures into one line and a documented exit code."""
     signature = inspect.signature(fn, eval_str=True)
     own = [p for p in signature.parameters.values() if p.name != "conn"]
+    defaults = {f.name: f.default for f in fields(Connection)}
     extra = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+        inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY, default=defaults[name], annotation=annotation
+        )
         for name, annotation in _COMMON.items()
     ]
 
@@ -213,48 +231,57 @@ def consul_command(fn: Callable) -> Callable:
 
 @contextmanager
 def consul_errors(conn: Connection) -> Iterator[None]:
-    """Map failures to one line that says what failed, why and what to do; never the token."""
+    """Turn failures into one line that says what failed, why and what to do; never the token."""
+    try:
+        yield
+    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        described = describe_error(exc, conn.http_addr or "the configured address")
+        if described is None:
+            raise
+        raise fail(*described) from None
+
+
+def describe_error(exc: BaseException, where: str) -> tuple[str, int] | None:
+    """(one-line message, exit status) for configuration, network, TLS and Consul failures."""
     import consul.base
     import requests
     from celery.exceptions import ImproperlyConfigured
 
     from ..settings import SettingsError
 
-    where = conn.http_addr or "the configured address"
-    try:
-        yield
-    except (typer.Exit, typer.Abort, KeyboardInterrupt):
-        raise
-    except (SettingsError, ImproperlyConfigured) as exc:
-        raise fail(str(exc), EXIT_USAGE) from None
-    except requests.exceptions.SSLError as exc:
-        raise fail(
-            f"TLS failed talking to Consul at {where}: {_reason(exc)} "
-            "(check --ca-file, --client-cert, --client-key)",
+    if isinstance(exc, (SettingsError, ImproperlyConfigured)):
+        return str(exc), EXIT_USAGE
+    if isinstance(exc, requests.exceptions.SSLError):
+        return (
+            f"TLS failed talking to Consul at {where}: {_reason(exc)} (check --ca-file, "
+            "--client-cert, --client-key, --tls-server-name)",
             EXIT_UNAVAILABLE,
-        ) from None
-    except requests.ConnectionError as exc:
-        raise fail(
+        )
+    if isinstance(exc, requests.ConnectionError):
+        return (
             f"cannot reach Consul at {_address(exc) or where}: {_reason(exc)} "
             "(set --http-addr or CONSUL_HTTP_ADDR)",
             EXIT_UNAVAILABLE,
-        ) from None
-    except requests.Timeout:
-        raise fail(
-            f"Consul at {where} did not answer in time (try again, or raise "
-            "?timeout= in the backend URL)",
+        )
+    if isinstance(exc, requests.Timeout):
+        return (
+            f"Consul at {where} did not answer in time (try again, or raise ?timeout= in "
+            "the backend URL)",
             EXIT_UNAVAILABLE,
-        ) from None
-    except consul.base.ACLPermissionDenied as exc:
-        raise fail(
-            f"permission denied by Consul: {_first_line(exc)} (check --token, "
-            "--token-file or CONSUL_HTTP_TOKEN)",
+        )
+    if isinstance(exc, consul.base.ACLPermissionDenied):
+        return (
+            f"permission denied by Consul: {_first_line(exc)} (check --token, --token-file "
+            "or CONSUL_HTTP_TOKEN)",
             EXIT_PERMISSION,
-        ) from None
-    except consul.base.ConsulException as exc:
+        )
+    if isinstance(exc, consul.base.ConsulException):
         text = _first_line(exc)
-        code = EXIT_UNAVAILABLE if text[:1] in ("5", "4") and text[:3] != "400" else EXIT_ERROR
-        raise fail(f"Consul answered: {text}", code) from None
+        unavailable = text[:1] in ("4", "5") and text[:3] != "400"
+        return f"Consul answered: {text}", EXIT_UNAVAILABLE if unavailable else EXIT_ERROR
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -361,3 +361,23 @@ def stats(conn: Connection, output: OutputOption = None) -> None:
     data = conn.open_backend().stats()
     data["oldest"], data["newest"] = render.iso(data["oldest"]), render.iso(data["newest"])
     render.emit_mapping(data, fmt)
+
+
+@consul_command
+def doctor(conn: Connection) -> None:
+    """Check that results can live here: the agent answers, there is a leader, the token can
+    read and write the prefix and create sessions, result_expires fits Consul's limits. One
+    line per check; the exit status is the first failure's (69 unavailable, 77 denied...)."""
+    from .common import EXIT_ERROR, describe_error
+
+    backend = conn.open_backend()
+    first_failure = EXIT_OK
+    for check in backend.diagnose():
+        detail, code = check.detail, EXIT_ERROR
+        described = describe_error(check.error, backend.settings.base_url) if check.error else None
+        if described:
+            detail, code = described
+        typer.echo(f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {detail}")
+        if not check.ok and first_failure == EXIT_OK:
+            first_failure = code
+    raise typer.Exit(first_failure)
