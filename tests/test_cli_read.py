@@ -254,3 +254,54 @@ def test_a_denied_write_fails_at_once(consul_dev_server_factory):
     with pytest.raises(consul.base.ACLPermissionDenied, match="lacks permission 'key:write'"):
         celery_app.backend.store_result("t", 1, states.SUCCESS)
     assert server.counters()["txn"] == 1  # not retried as if it were a conflict
+
+
+def test_pickle_results_decode_only_through_an_app_that_accepts_pickle(
+    tmp_path, consul_server, consul_prefix, make_app, monkeypatch
+):
+    url = backend_url(consul_server, consul_prefix)
+    pickled = make_app(result_serializer="pickle", result_accept_content=["pickle"]).backend
+    pickled.store_result("pickled", {1, 2, 3}, states.SUCCESS)  # a set: json cannot carry it
+    (tmp_path / "pickleproj.py").write_text(
+        "from celery import Celery\n"
+        "app = Celery('pickleproj')\n"
+        f"app.conf.update(result_backend={url!r}, result_serializer='pickle',\n"
+        "                result_accept_content=['pickle', 'json'])\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    extra = ["--token", consul_server.token] if consul_server.token else []
+    through_app = CliRunner().invoke(
+        app, ["get", "pickled", "-A", "pickleproj", "--field", "result", *extra]
+    )
+    assert through_app.exit_code == 0, through_app.output
+    assert through_app.stdout.strip() == "{1, 2, 3}"  # the set, decoded, shown by its repr
+    plain = CliRunner().invoke(
+        app, ["get", "pickled", "--backend-url", url, "--field", "state", *extra]
+    )
+    assert plain.stdout.strip() == "UNREADABLE"  # never unpickled unless the app opts in
+
+
+def test_version_and_not_found_as_subprocesses(consul_server, consul_prefix):
+    version = subprocess.run(
+        [sys.executable, "-m", "consulresults", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert version.returncode == 0
+    assert version.stdout.startswith("consul-results ")
+    cmd = [
+        sys.executable,
+        "-m",
+        "consulresults",
+        "get",
+        "absent-id",
+        "--backend-url",
+        backend_url(consul_server, consul_prefix),
+    ]
+    if consul_server.token:
+        cmd += ["--token", consul_server.token]
+    missing = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 3
+    assert missing.stdout == ""
+    assert "no result for task absent-id" in missing.stderr

@@ -330,13 +330,16 @@ def ls(
         raise fail(f"--sort: {sort!r} is not one of {', '.join(SORT_KEYS)}", EXIT_USAGE)
     chosen = selection(state, task, older_than, newer_than, expired, no_session, True)
     backend = conn.open_backend()
-    matches = list(_matching(backend, chosen))
     if count:
-        typer.echo(len(matches))
+        matched = sum(1 for _ in _matching(backend, chosen))
+        typer.echo(matched)
     else:
-        matches.sort(key=_sort_key(sort))
-        render.emit([result_row(r) for r in matches[:limit]], LS_COLUMNS, fmt)
-    raise typer.Exit(EXIT_NOT_FOUND if detailed_exitcode and not matches else EXIT_OK)
+        # keep only the small printed rows, not the stored values: memory stays bounded
+        order = _sort_key(sort)
+        keyed = sorted((order(r), result_row(r)) for r in _matching(backend, chosen))
+        matched = len(keyed)
+        render.emit([row for _, row in keyed[:limit]], LS_COLUMNS, fmt)
+    raise typer.Exit(EXIT_NOT_FOUND if detailed_exitcode and not matched else EXIT_OK)
 
 
 def _matching(backend, chosen: ResultFilter) -> Iterator[StoredResult]:
@@ -345,9 +348,10 @@ def _matching(backend, chosen: ResultFilter) -> Iterator[StoredResult]:
 
 
 def _sort_key(name: str):
+    """A comparable key per result; the Consul key breaks ties so rows never compare."""
     return {
-        "key": lambda r: r.key,
-        "date": lambda r: r.done_at or 0.0,
+        "key": lambda r: (r.key,),
+        "date": lambda r: (r.done_at or 0.0, r.key),
         "state": lambda r: (r.state, r.key),
         "task": lambda r: (r.task_name or "", r.key),
         "size": lambda r: (-r.size, r.key),
