@@ -105,14 +105,25 @@ class ExpiryPlan:
         return math.ceil((time.time() if now is None else now) + self.expires)
 
 
+def session_name(prefix: str) -> str:
+    """``consul-results:<host>:<pid> prefix="<prefix>"``: the (JSON-quoted) prefix in the name
+    lets ``sessions gc`` and ``rm`` tell our sessions for one prefix from another's."""
+    return f"consul-results:{socket.gethostname()}:{os.getpid()} prefix={json.dumps(prefix)}"
+
+
+def made_for(name: str, prefix: str) -> bool:
+    """Whether a session name is one of ours for ``prefix`` (any host, any process)."""
+    return name.startswith("consul-results:") and name.endswith(f" prefix={json.dumps(prefix)}")
+
+
 class SessionPool:
     """This process's sessions, one per TTL, each used for writes during its window."""
 
-    def __init__(self, client: ConsulClient) -> None:
+    def __init__(self, client: ConsulClient, prefix: str) -> None:
         self._client = client
         self._lock = threading.Lock()
         self._sessions: dict[int, tuple[str, float, int]] = {}
-        self.name = f"consul-results:{socket.gethostname()}"
+        self.prefix = prefix
 
     def get(self, plan: ExpiryPlan) -> str | None:
         if plan.session_ttl is None:
@@ -123,7 +134,7 @@ class SessionPool:
             if found and found[2] == os.getpid() and now - found[1] < plan.window:
                 return found[0]
             session_id = self._client.session.create(
-                name=f"{self.name}:{os.getpid()}",
+                name=session_name(self.prefix),
                 behavior="delete",
                 ttl=plan.session_ttl,
                 lock_delay=0,
@@ -282,7 +293,7 @@ class ConsulBackend(KeyValueStoreBackend):
         )
         self.expiry = self._plan(self.expires)
         self.client = connect(self.settings)
-        self.session_pool = SessionPool(self.client)
+        self.session_pool = SessionPool(self.client, self.prefix)
         self._known: OrderedDict[str, tuple[int, str, bool]] = OrderedDict()
         self._known_lock = threading.Lock()
         self._txn_ops = TXN_OPS
@@ -755,6 +766,21 @@ class ConsulBackend(KeyValueStoreBackend):
         )
         _, listed = self.client.session.list()
         return [dict(s, Held=held.get(s["ID"], 0)) for s in listed or []]
+
+    def idle_sessions(self, among: set[str] | None = None) -> list[dict]:
+        """Result sessions that hold nothing any more, and provably nothing elsewhere either:
+        ours made for this prefix (the name says so) holding no key under it, and Celery
+        built-in ones (named after the one key they were made for) not holding that key here."""
+        idle = []
+        for session in self.sessions():
+            if session["Held"] or (among is not None and session["ID"] not in among):
+                continue
+            name = session.get("Name") or ""
+            if made_for(name, self.prefix):
+                idle.append(session)
+            elif layout.parse_key(self.prefix, self._key(name)) is not None:
+                idle.append(session)  # built-in: its key under this prefix is not held by it
+        return idle
 
     def destroy_session(self, session_id: str) -> None:
         """Invalidate a session now: Consul applies its behaviour (ours: delete what it holds)."""

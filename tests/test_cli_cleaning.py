@@ -111,7 +111,11 @@ def test_expire_and_sessions_expire_and_gc(cli, backend, api):
     assert result.exit_code == 0
     assert result.stdout == "expired 1 session(s) holding 5 key(s)\n"
     assert ids(backend) == set()
-    idle = api.session(Name="consul-results:host:1", Checks=[], TTL="60s")
+    from consulresults.backend import made_for, session_name
+
+    name = session_name(backend.prefix)
+    assert made_for(name, backend.prefix)
+    idle = api.session(Name=name, Checks=[], TTL="60s")
     foreign = api.session(Name="someone-elses-lock", Checks=[], TTL="60s")
     dry = cli("sessions", "gc", "--dry-run")
     assert "would destroy" in dry.stdout
@@ -154,3 +158,37 @@ def test_include_unreadable_deletes_garbage_only_when_asked(cli, backend, api, c
     forced = cli("purge", "--yes", "--json", "--include-unreadable")
     assert json.loads(forced.stdout)["deleted"] == 1
     assert api.entry(consul_prefix + "celery-task-meta-garbage") is None
+
+
+def test_rm_removes_a_session_left_holding_nothing(cli, make_app, api):
+    lone = make_app(result_expires=120).backend  # its own TTL, so its own session
+    lone.store_result("alone", 1, states.SUCCESS)
+    session = lone.fetch("alone").session
+    assert cli("rm", "alone", "--yes").exit_code == 0
+    assert api.get(f"/v1/session/info/{session}").json() == []
+
+
+def test_rm_keeps_a_session_that_still_holds_results(cli, backend, api):
+    session = backend.fetch("ok-0").session
+    assert cli("rm", "ok-0", "--yes").exit_code == 0
+    assert api.get(f"/v1/session/info/{session}").json() != []
+    assert backend.fetch("ok-1") is not None
+
+
+def test_gc_never_destroys_sessions_of_another_prefix(
+    cli, make_app, consul_server, consul_prefix, api
+):
+    from celery import Celery
+
+    other = Celery("other", set_as_current=False)
+    other.conf.update(
+        result_backend=backend_url(consul_server, consul_prefix + "elsewhere"),
+        consulresults_token=consul_server.token,
+        result_expires=3600,
+    )
+    other.backend.store_result("far", 1, states.SUCCESS)
+    far_session = other.backend.fetch("far").session
+    assert cli("sessions", "gc", "--yes").exit_code == 0
+    assert api.get(f"/v1/session/info/{far_session}").json() != []
+    assert other.backend.fetch("far") is not None
+    other.backend.forget("far")

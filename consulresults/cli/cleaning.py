@@ -97,7 +97,8 @@ def rm(
     all_prefixes: AllPrefixesOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Delete results by id (exit 3 if some were not there)."""
+    """Delete results by id, and each session that then holds nothing else (exit 3 if some
+    were not there)."""
     backend = guarded_backend(conn, all_prefixes)
     ids = ids_from(task_ids)
     found = [r for r in (backend.fetch(i) for i in ids) if r is not None]
@@ -105,6 +106,10 @@ def rm(
     if found and not dry_run:
         confirm(f"delete {len(found)} result(s) under {backend.prefix or '(root)'}/", yes)
     summary(backend.delete_results(found, dry_run=dry_run), as_json)
+    sessions = {r.session for r in found if r.session}
+    if sessions and not dry_run:
+        for session in backend.idle_sessions(among=sessions):
+            backend.destroy_session(session["ID"])
     raise typer.Exit(EXIT_NOT_FOUND if missing else EXIT_OK)
 
 
@@ -235,17 +240,10 @@ def gc_sessions(
 ) -> None:
     """Destroy sessions made for results (ours, and Celery's built-in ones) that hold no keys."""
     backend = guarded_backend(conn, all_prefixes)
-    idle = [s for s in backend.sessions() if not s["Held"] and _results_session(s)]
+    idle = backend.idle_sessions()
     if idle and not dry_run:
         confirm(f"destroy {len(idle)} idle result session(s)", yes)
     for session in [] if dry_run else idle:
         backend.destroy_session(session["ID"])
     verb = "would destroy" if dry_run else "destroyed"
     typer.echo(f"{verb} {len(idle)} idle session(s)")
-
-
-def _results_session(session: dict) -> bool:
-    """Sessions our backend names ``consul-results:…``; Celery's built-in names them after the
-    result key (``celery-task-meta-…``)."""
-    name = session.get("Name") or ""
-    return name.startswith(("consul-results:", "celery-task-meta-", "celery-taskset-meta-"))
