@@ -157,6 +157,9 @@ def purge(
     dry_run: DryRunOption = False,
     all_prefixes: AllPrefixesOption = False,
     as_json: JsonOption = False,
+    detailed_exitcode: Annotated[
+        bool, typer.Option("--detailed-exitcode", help="Exit 3 when nothing matches.")
+    ] = False,
 ) -> None:
     """Delete every result under the prefix that the filters match, in /v1/txn batches with
     delete-cas: a result rewritten meanwhile is skipped, never deleted."""
@@ -167,6 +170,7 @@ def purge(
     with _progress(dry_run) as on_batch:
         report = backend.purge(chosen, dry_run=dry_run, max_delete=max_delete, on_batch=on_batch)
     summary(report, as_json)
+    raise typer.Exit(EXIT_NOT_FOUND if detailed_exitcode and not report.matched else EXIT_OK)
 
 
 class _progress:
@@ -220,11 +224,13 @@ def expire_sessions(
     held = sum(s["Held"] for s in chosen)
     behaviours = sorted({s["Behavior"] for s in chosen})
     if chosen:
-        confirm(
+        plan = (
             f"expire {len(chosen)} session(s) holding {held} key(s) under "
-            f"{backend.prefix or '(root)'}/ (behaviour: {', '.join(behaviours)})",
-            yes,
+            f"{backend.prefix or '(root)'}/ (behaviour: {', '.join(behaviours)})"
         )
+        if yes:  # no prompt to say it, so say it before doing it
+            typer.echo(f"consul-results: about to {plan}", err=True)
+        confirm(plan, yes)
     for session in chosen:
         backend.destroy_session(session["ID"])
     typer.echo(f"expired {len(chosen)} session(s) holding {held} key(s)")
