@@ -449,9 +449,9 @@ class ConsulBackend(KeyValueStoreBackend):
     ) -> bool:
         """Write ``value`` at ``key`` under a session for ``plan``; False if a SUCCESS was kept.
 
-        Each attempt is one txn that applies only if the key is as this process last saw it
-        (absent, or at the index it last wrote); otherwise the key is read and the write decided
-        anew. After this process wrote a SUCCESS, a guarded write reads first.
+        The first attempt assumes the key is as this process last saw it (absent, or at the
+        index it last wrote), so it costs one request; after this process wrote a SUCCESS, a
+        guarded write reads first instead.
         """
         data = value.encode() if isinstance(value, str) else value
         if len(data) > MAX_VALUE_SIZE:
@@ -461,21 +461,51 @@ class ConsulBackend(KeyValueStoreBackend):
             )
         with self._known_lock:
             remembered = self._known.get(key)
-        must_read = bool(remembered and keep_success and remembered[2])
-        known = remembered[:2] if remembered else None
+
+        def decide(entry: dict | None) -> bytes | None:
+            if entry and keep_success and self._is_success(entry["Value"]):
+                return None
+            return data
+
+        guarded = bool(remembered and keep_success and remembered[2])
+        first = None if guarded else (data, remembered[:2] if remembered else None)
+        return self._commit(key, plan, decide, first, is_success)
+
+    def _commit(
+        self,
+        key: str,
+        plan: ExpiryPlan,
+        decide: Callable[[dict | None], bytes | None],
+        first: tuple[bytes, tuple[int, str] | None] | None = None,
+        is_success: bool = False,
+        retry_lost: bool = False,
+    ) -> bool:
+        """The one write loop. Each attempt is one txn that applies only if the key is still as
+        read; ``decide(current entry)`` gives what to write (None: write nothing, return False).
+        ``first`` = (value, known state) skips the read for the first attempt. With
+        ``retry_lost``, a lost answer is just another reason to read again (for writes whose
+        ``decide`` can tell whether they landed)."""
+        attempt = first
         for _ in range(WRITE_ATTEMPTS):
-            if must_read:
-                entry = self._entry(key)
-                if entry and keep_success and self._is_success(entry["Value"]):
-                    return False
-                known = (entry["ModifyIndex"], entry.get("Session", "")) if entry else None
-            session = self.session_pool.get(plan)
-            outcome = self._try_write(key, data, plan.flags(), session, known)
-            if outcome.written:
-                self._remember(key, outcome.index, session or "", is_success)
-                return True
-            self.session_pool.discard_if_invalid(session, outcome.errors)
-            must_read = True
+            try:
+                if attempt is None:
+                    entry = self._entry(key)
+                    value = decide(entry)
+                    if value is None:
+                        return False
+                    known = (entry["ModifyIndex"], entry.get("Session", "")) if entry else None
+                    attempt = (value, known)
+                session = self.session_pool.get(plan)
+                outcome = self._try_write(key, attempt[0], plan.flags(), session, attempt[1])
+                if outcome.written:
+                    self._remember(key, outcome.index, session or "", is_success)
+                    return True
+                self.session_pool.discard_if_invalid(session, outcome.errors)
+            except (requests.ConnectionError, requests.Timeout):
+                if not retry_lost:
+                    raise
+                time.sleep(0.05)
+            attempt = None
         raise ConsulWriteConflict(
             f"could not write {key}: it kept changing under {WRITE_ATTEMPTS} attempts"
         )
@@ -568,24 +598,13 @@ class ConsulBackend(KeyValueStoreBackend):
         Every attempt re-reads the value, so a concurrent writer's change is never overwritten
         with a stale copy; a lost answer or a conflict just means reading again.
         """
-        for _ in range(WRITE_ATTEMPTS):
-            try:
-                entry = self._entry(key)
-                if entry is None and not create:
-                    return
-                new_value = change(entry["Value"] if entry else None)
-                if new_value is None:
-                    return
-                known = (entry["ModifyIndex"], entry.get("Session", "")) if entry else None
-                session = self.session_pool.get(plan)
-                outcome = self._try_write(key, new_value, plan.flags(), session, known)
-                if outcome.written:
-                    self._remember(key, outcome.index, session or "")
-                    return
-                self.session_pool.discard_if_invalid(session, outcome.errors)
-            except (requests.ConnectionError, requests.Timeout):
-                time.sleep(0.05)
-        raise ConsulWriteConflict(f"could not update {key} in {WRITE_ATTEMPTS} attempts")
+
+        def decide(entry: dict | None) -> bytes | None:
+            if entry is None and not create:
+                return None
+            return change(entry["Value"] if entry else None)
+
+        self._commit(key, plan, decide, retry_lost=True)
 
     # ------------------------------------------------------------------ waiting
 

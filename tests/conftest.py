@@ -95,3 +95,22 @@ def builtin_backend(consul_server, consul_prefix):
     )
     yield app.backend
     app.close()
+
+
+@pytest.fixture
+def cli(consul_server, consul_prefix):
+    """Run ``consul-results`` in-process (Typer's runner) against the test prefix."""
+    from typer.testing import CliRunner
+
+    from consulresults.cli import app
+
+    runner = CliRunner()
+    url = backend_url(consul_server, consul_prefix)
+
+    def run(*args: str, input: str | None = None):
+        extra = ["--backend-url", url]
+        if consul_server.token:
+            extra += ["--token", consul_server.token]
+        return runner.invoke(app, [*args, *extra], input=input)
+
+    return run

@@ -23,20 +23,6 @@ def backend(make_app):
     return backend
 
 
-@pytest.fixture
-def cli(consul_server, consul_prefix):
-    runner = CliRunner()
-    url = backend_url(consul_server, consul_prefix)
-
-    def run(*args: str, input: str | None = None):
-        extra = ["--backend-url", url]
-        if consul_server.token:
-            extra += ["--token", consul_server.token]
-        return runner.invoke(app, [*args, *extra], input=input)
-
-    return run
-
-
 def ids(backend) -> set[str]:
     return {r.id for r in backend.iter_results()}
 

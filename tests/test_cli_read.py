@@ -27,21 +27,6 @@ def stored(make_app):
     return backend
 
 
-@pytest.fixture
-def cli(consul_server, consul_prefix):
-    """Run the CLI in-process against the test prefix; returns the Result."""
-    runner = CliRunner()
-    url = backend_url(consul_server, consul_prefix)
-
-    def run(*args: str, input: str | None = None):
-        extra = ["--backend-url", url]
-        if consul_server.token:
-            extra += ["--token", consul_server.token]
-        return runner.invoke(app, [*args, *extra], input=input)
-
-    return run
-
-
 def test_get_json_and_not_found_exit_code(cli, stored):
     result = cli("get", "ok-1", "bad-1", "-o", "json")
     assert result.exit_code == 0, result.output
