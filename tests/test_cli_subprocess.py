@@ -68,3 +68,35 @@ def test_command_exit_status_when_piped(run, args, code):
     assert "\x1b[" not in result.stdout + result.stderr
     if code not in (0, 3):
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_an_unexpected_crash_shows_no_token(consul_server, consul_prefix, tmp_path):
+    """A bug's traceback must not carry the token either (Typer shows locals by default)."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import consulresults.backend as b\n"
+        "def boom(self, *a, **k):\n"
+        "    raise RuntimeError('simulated bug')\n"
+        "b.ConsulBackend.iter_results = boom\n"
+    )
+    import os
+
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "consulresults",
+            "ls",
+            "--backend-url",
+            backend_url(consul_server, consul_prefix),
+            "--token",
+            "leaky-token-4b1d",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "simulated bug" in result.stderr
+    assert "leaky-token-4b1d" not in result.stdout + result.stderr

@@ -15,6 +15,7 @@ app = typer.Typer(
     help="Inspect, fetch, wait for and clean Celery task results stored in HashiCorp Consul.",
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_show_locals=False,  # locals would show tokens in a traceback
 )
 
 

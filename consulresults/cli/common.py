@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Annotated
 
@@ -46,7 +46,7 @@ class Connection:
     backend_url: str | None = None
     prefix: str | None = None
     http_addr: str | None = None
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
     token_file: str | None = None
     ca_file: str | None = None
     client_cert: str | None = None
