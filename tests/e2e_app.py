@@ -73,6 +73,10 @@ def register_tasks(app: Celery) -> None:
             time.sleep(0.05)
         return steps
 
+    @app.task(name="e2e.huge", shared=False)
+    def huge(size):
+        return "x" * size
+
     @app.task(name="e2e.tsum", shared=False)
     def tsum(values):
         mark_dir = os.environ.get("E2E_MARK_DIR")

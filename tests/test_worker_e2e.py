@@ -157,3 +157,14 @@ def test_forget_removes_the_stored_result(worker):
     assert result.get(timeout=30) == 2
     result.forget()
     assert worker.backend.get_task_meta(result.id, cache=False)["status"] == states.PENDING
+
+
+@pytest.mark.parametrize("size", [524_289, 50 * 1024 * 1024])
+def test_oversized_result_fails_clearly_and_the_worker_survives(worker, size):
+    result = worker.send_task("e2e.huge", (size,))
+    with pytest.raises(Exception, match="over Consul's 524288-byte value limit"):
+        result.get(timeout=120)
+    meta = worker.backend.get_task_meta(result.id, cache=False)
+    assert meta["status"] == states.FAILURE
+    assert worker.backend.fetch(result.id).size < 10_000  # the error, not a partial result
+    assert worker.send_task("e2e.add", (1, 1)).get(timeout=30) == 2
