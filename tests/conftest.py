@@ -3,7 +3,13 @@ CONSUL_HTTP_ADDR is set (see consulresults.pytest_plugin)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
 
 import pytest
 import requests
@@ -114,3 +120,63 @@ def cli(consul_server, consul_prefix):
         return runner.invoke(app, [*args, *extra], input=input)
 
     return run
+
+
+@contextlib.contextmanager
+def celery_worker(url: str, workdir: Path, token: str | None = None, loglevel: str = "INFO"):
+    """A real ``celery worker`` (prefork, 2 processes) for ``tests/e2e_app.py``, with a
+    filesystem broker in ``workdir``; yields the client app (``.log`` is the worker's log)."""
+    from e2e_app import make_app
+
+    here = Path(__file__).resolve().parent
+    mark_dir = workdir / "marks"
+    mark_dir.mkdir(exist_ok=True)
+    env = dict(
+        os.environ,
+        E2E_BACKEND_URL=url,
+        E2E_BROKER_DIR=str(workdir / "broker"),
+        E2E_MARK_DIR=str(mark_dir),
+        PYTHONPATH=str(here) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    if token:
+        env["E2E_CONSUL_TOKEN"] = token
+    log = workdir / "worker.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "e2e_app",
+                "worker",
+                "--pool",
+                "prefork",
+                "--concurrency",
+                "2",
+                "--loglevel",
+                loglevel,
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-n",
+                f"e2e-{uuid.uuid4().hex[:6]}@%h",
+            ],
+            cwd=here,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    app = make_app(url, str(workdir / "broker"), token)
+    app.mark_dir, app.log = mark_dir, log
+    try:
+        deadline = time.monotonic() + 60
+        while "ready." not in log.read_text():
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "worker did not start in 60 s"
+            time.sleep(0.1)
+        yield app
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        app.close()

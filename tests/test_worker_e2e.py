@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -12,74 +9,26 @@ from pathlib import Path
 import pytest
 from celery import chain, chord, group, states
 from celery.exceptions import TimeoutError
-from conftest import backend_url
-
-HERE = Path(__file__).resolve().parent
+from conftest import backend_url, celery_worker
 
 
 @pytest.fixture(scope="module")
 def worker(_consul_server_session, tmp_path_factory):
     """A worker on a prefix of its own; yields the client app configured the same way."""
-    from e2e_app import make_app
-
     server = _consul_server_session
     prefix = f"e2e-{uuid.uuid4().hex[:8]}"
-    broker_dir = tmp_path_factory.mktemp("broker")
-    mark_dir = tmp_path_factory.mktemp("marks")
-    env = dict(
-        os.environ,
-        E2E_BACKEND_URL=backend_url(server, prefix),
-        E2E_BROKER_DIR=str(broker_dir),
-        E2E_MARK_DIR=str(mark_dir),
-        PYTHONPATH=str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-    )
-    if server.token:
-        env["E2E_CONSUL_TOKEN"] = server.token
-    log = (tmp_path_factory.mktemp("log") / "worker.log").open("w+")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "e2e_app",
-            "worker",
-            "--pool",
-            "prefork",
-            "--concurrency",
-            "2",
-            "--loglevel",
-            "INFO",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "-n",
-            f"e2e-{prefix}@%h",
-        ],
-        cwd=HERE,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    app = make_app(env["E2E_BACKEND_URL"], str(broker_dir), server.token)
-    app.mark_dir = mark_dir
-    app.prefix = prefix
-    try:
-        deadline = time.monotonic() + 60
-        while "ready." not in Path(log.name).read_text():
-            assert process.poll() is None, Path(log.name).read_text()
-            assert time.monotonic() < deadline, "worker did not start in 60 s"
-            time.sleep(0.1)
-        yield app
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        import consul
+    with celery_worker(
+        backend_url(server, prefix), tmp_path_factory.mktemp("e2e"), server.token
+    ) as app:
+        app.prefix = prefix
+        try:
+            yield app
+        finally:
+            import consul
 
-        consul.Consul(
-            host=server.host, port=server.port, scheme=server.scheme, token=server.token
-        ).kv.delete(prefix + "/", recurse=True)
-        app.close()
+            consul.Consul(
+                host=server.host, port=server.port, scheme=server.scheme, token=server.token
+            ).kv.delete(prefix + "/", recurse=True)
 
 
 def test_task_result_is_stored_with_extended_metadata(worker):
