@@ -53,6 +53,8 @@ MAX_WINDOW = 300.0
 TXN_OPS = 128
 LEGACY_TXN_OPS = 64
 WRITE_ATTEMPTS = 20
+READ_RETRIES = 4
+READ_BACKOFF = 0.05
 KNOWN_INDEXES = 4096
 BLOCK_SECONDS = 10.0
 CELERY_SETTINGS = (
@@ -341,12 +343,24 @@ class ConsulBackend(KeyValueStoreBackend):
 
     # ------------------------------------------------------------------ reads
 
+    def _read(self, fn: Callable, *args, **kwargs):
+        """Run an idempotent read, retrying transient failures (lost connections, time-outs,
+        429, 5xx) a few times with back-off: repeating a read can never do harm, and Celery's
+        own retries do not cover every read (chord restores, blocking waits, counters)."""
+        for attempt in range(READ_RETRIES + 1):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                if attempt == READ_RETRIES or not self.exception_safe_to_retry(exc):
+                    raise
+                time.sleep(READ_BACKOFF * 2**attempt)
+
     def get(self, key: str | bytes) -> bytes | None:
-        _, entry = self.client.kv.get(self._key(key))
+        entry = self._entry(self._key(key))
         return entry["Value"] if entry else None
 
     def _entry(self, key: str) -> dict | None:
-        return self.client.kv.get(key)[1]
+        return self._read(self.client.kv.get, key)[1]
 
     def mget(self, keys: list) -> list[bytes | None]:
         """Values for many keys in as few requests as the server's txn limit allows."""
@@ -361,11 +375,11 @@ class ConsulBackend(KeyValueStoreBackend):
         while pos < len(names):
             batch = names[pos : pos + self._txn_ops]
             if self._get_or_empty:
-                results = self._read_batch(batch)
+                results = self._read(self._read_batch, batch)
                 if results is None:
                     continue  # the server was older than it looked; retry this batch
             else:
-                results = self._read_batch_legacy(batch)
+                results = self._read(self._read_batch_legacy, batch)
             found.update(results)
             pos += len(batch)
         return found
@@ -483,8 +497,9 @@ class ConsulBackend(KeyValueStoreBackend):
         """The one write loop. Each attempt is one txn that applies only if the key is still as
         read; ``decide(current entry)`` gives what to write (None: write nothing, return False).
         ``first`` = (value, known state) skips the read for the first attempt. With
-        ``retry_lost``, a lost answer is just another reason to read again (for writes whose
-        ``decide`` can tell whether they landed)."""
+        ``retry_lost``, a lost answer or a transient failure is just another reason to read
+        again (for writes whose ``decide`` can tell whether they landed); without it, they go
+        to the caller (Celery retries stores under ``result_backend_always_retry``)."""
         attempt = first
         for _ in range(WRITE_ATTEMPTS):
             try:
@@ -501,10 +516,10 @@ class ConsulBackend(KeyValueStoreBackend):
                     self._remember(key, outcome.index, session or "", is_success)
                     return True
                 self.session_pool.discard_if_invalid(session, outcome.errors)
-            except (requests.ConnectionError, requests.Timeout):
-                if not retry_lost:
+            except Exception as exc:
+                if not (retry_lost and self.exception_safe_to_retry(exc)):
                     raise
-                time.sleep(0.05)
+                time.sleep(READ_BACKOFF)
             attempt = None
         raise ConsulWriteConflict(
             f"could not write {key}: it kept changing under {WRITE_ATTEMPTS} attempts"
@@ -635,6 +650,12 @@ class ConsulBackend(KeyValueStoreBackend):
             wait = min(wait, max(0.0, deadline - time.monotonic()))
         return wait
 
+    def _get_raw(self, key: str, params: list, timeout: float) -> RawResponse:
+        response = self.client.http.raw("GET", f"/v1/kv/{key}", params, timeout=timeout)
+        if response.status not in (200, 404):
+            raise consul.base.ConsulException(f"{response.status} {response.body}")
+        return response
+
     def _read_blocking(self, key: str, index: int, wait: float) -> tuple[dict, int]:
         """One blocking GET: the decoded meta (PENDING when absent) and the index to wait past."""
         params = (
@@ -642,11 +663,7 @@ class ConsulBackend(KeyValueStoreBackend):
             if index and wait > 0
             else []
         )
-        response = self.client.http.raw(
-            "GET", f"/v1/kv/{key}", params, timeout=wait * 1.1 + self.settings.timeout
-        )
-        if response.status not in (200, 404):
-            raise consul.base.ConsulException(f"{response.status} {response.body}")
+        response = self._read(self._get_raw, key, params, wait * 1.1 + self.settings.timeout)
         new_index = int(response.headers.get("X-Consul-Index", 0))
         if new_index < index:
             new_index = 0  # the index went backwards (snapshot restore, tombstone reaping)
@@ -734,7 +751,7 @@ class ConsulBackend(KeyValueStoreBackend):
 
     def _list_keys(self) -> list[str]:
         head = f"{self.prefix}/" if self.prefix else ""
-        response = self.client.http.raw("GET", f"/v1/kv/{head}", [("keys", "1")])
+        response = self._read(self.client.http.raw, "GET", f"/v1/kv/{head}", [("keys", "1")])
         if response.status == 404:
             return []
         if response.status != 200:

@@ -4,6 +4,7 @@ CONSUL_HTTP_ADDR is set (see consulresults.pytest_plugin)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -123,7 +124,13 @@ def cli(consul_server, consul_prefix):
 
 
 @contextlib.contextmanager
-def celery_worker(url: str, workdir: Path, token: str | None = None, loglevel: str = "INFO"):
+def celery_worker(
+    url: str,
+    workdir: Path,
+    token: str | None = None,
+    loglevel: str = "INFO",
+    conf: dict | None = None,
+):
     """A real ``celery worker`` (prefork, 2 processes) for ``tests/e2e_app.py``, with a
     filesystem broker in ``workdir``; yields the client app (``.log`` is the worker's log)."""
     from e2e_app import make_app
@@ -140,6 +147,7 @@ def celery_worker(url: str, workdir: Path, token: str | None = None, loglevel: s
     )
     if token:
         env["E2E_CONSUL_TOKEN"] = token
+    env["E2E_CONF"] = json.dumps(conf or {})
     log = workdir / "worker.log"
     with log.open("w") as out:
         process = subprocess.Popen(
@@ -167,7 +175,7 @@ def celery_worker(url: str, workdir: Path, token: str | None = None, loglevel: s
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    app = make_app(url, str(workdir / "broker"), token)
+    app = make_app(url, str(workdir / "broker"), token, conf)
     app.mark_dir, app.log = mark_dir, log
     try:
         deadline = time.monotonic() + 60

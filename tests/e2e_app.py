@@ -7,6 +7,7 @@ E2E_MARK_DIR where chord bodies record each run.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -15,7 +16,9 @@ from pathlib import Path
 from celery import Celery
 
 
-def make_app(backend_url: str, broker_dir: str, token: str | None = None) -> Celery:
+def make_app(
+    backend_url: str, broker_dir: str, token: str | None = None, extra: dict | None = None
+) -> Celery:
     app = Celery("e2e", set_as_current=False)
     broker_url = os.environ.get("CELERY_BROKER_URL")
     folder = Path(broker_dir)
@@ -39,6 +42,7 @@ def make_app(backend_url: str, broker_dir: str, token: str | None = None) -> Cel
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
     )
+    app.conf.update(extra or {})
     if not broker_url:
         for name in ("queue", "processed", "control"):
             (folder / name).mkdir(parents=True, exist_ok=True)
@@ -85,8 +89,9 @@ def register_tasks(app: Celery) -> None:
         return sum(values)
 
 
-app = make_app(
+app = make_app(  # the worker's: E2E_CONF holds extra Celery settings as JSON
     os.environ.get("E2E_BACKEND_URL", "consulresults://"),
     os.environ.get("E2E_BROKER_DIR", "/tmp/consul-results-e2e"),
     os.environ.get("E2E_CONSUL_TOKEN"),
+    json.loads(os.environ.get("E2E_CONF", "{}")),
 )

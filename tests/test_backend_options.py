@@ -77,14 +77,17 @@ def test_datacenter_and_consistency_are_sent(consul_dev_server_factory):
         wrong.get_task_meta("dc")
 
 
-def test_timeout_is_a_clear_retryable_error(consul_dev_server_factory):
+def test_latency_over_the_timeout_is_retried_then_a_clear_error(consul_dev_server_factory):
     server = consul_dev_server_factory()
     backend = backend_for(f"consulresults://{server.address}/slow?timeout=0.3")
     backend.store_result("t", 1, states.SUCCESS)
-    server.faults.delay(1.0, count=1)
+    server.faults.delay(1.0, count=1)  # one spike: the read is retried and succeeds
+    assert backend.get_task_meta("t", cache=False)["result"] == 1
+    server.faults.delay(1.0)  # every request slow: a clear, retryable timeout
     with pytest.raises(requests.Timeout) as timed_out:
         backend.get(backend.get_key_for_task("t"))
     assert backend.exception_safe_to_retry(timed_out.value)
+    server.faults.clear()
     assert backend.get_task_meta("t", cache=False)["result"] == 1  # recovered
 
 

@@ -1,0 +1,54 @@
+"""Faults (issue 5, reduced form): ~10% of Consul requests fail while a real worker runs tasks.
+
+500 "No cluster leader", 429, and connection resets before and after the request is applied.
+With result_backend_always_retry on worker and client: every result readable, correct and final,
+and a chord's body runs exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from celery import chord, states
+from conftest import celery_worker
+
+from consulresults.devserver import DevServerProcess, FaultRule
+from consulresults.pytest_plugin import REAL_AGENT_SKIP, external_consul
+
+pytestmark = pytest.mark.skipif(external_consul() is not None, reason=REAL_AGENT_SKIP)
+TASKS = int(os.environ.get("FAULT_TASKS", "150"))
+RETRY = {
+    "result_backend_always_retry": True,
+    "result_backend_max_retries": 50,
+    "result_backend_base_sleep_between_retries_ms": 5,
+    "result_backend_max_sleep_between_retries_ms": 200,
+}
+
+
+def test_results_survive_ten_percent_faults(tmp_path):
+    with DevServerProcess("--fault-seed", "11") as server:
+        url = f"consulresults://{server.address}/faulty"
+        with celery_worker(url, tmp_path, conf=RETRY) as app:
+            faults = server.faults
+            faults.add(FaultRule("error", fraction=0.04, status=500, body="No cluster leader"))
+            faults.add(FaultRule("error", fraction=0.03, status=429, body=""))
+            faults.add(FaultRule("reset", fraction=0.015, when="before"))
+            faults.add(FaultRule("reset", fraction=0.015, when="after"))
+            results = [app.send_task("e2e.add", (i, i)) for i in range(TASKS)]
+            header = [app.signature("e2e.add", (i, 0)) for i in range(20)]
+            body = chord(header)(app.signature("e2e.tsum"))
+            values = [r.get(timeout=300) for r in results]
+            total = body.get(timeout=300)
+            injected = server.control.request("GET", "/_dev/faults")["injected"]
+            faults.clear()
+            assert values == [2 * i for i in range(TASKS)]
+            assert total == sum(range(20))
+            for r in results:
+                assert app.backend.get_task_meta(r.id, cache=False)["status"] == states.SUCCESS
+            bodies = list(Path(app.mark_dir).glob("body-*"))
+            assert [p.read_text() for p in bodies] == [str(sum(range(20)))]
+            retries = app.log.read_text().count("Retrying")
+    assert injected["error"] + injected["reset"] > 20  # faults really happened
+    print(f"\nfaults injected: {injected}; worker store retries logged: {retries}")
