@@ -137,7 +137,7 @@ def celery_worker(
 
     here = Path(__file__).resolve().parent
     mark_dir = workdir / "marks"
-    mark_dir.mkdir(exist_ok=True)
+    mark_dir.mkdir(parents=True, exist_ok=True)
     env = dict(
         os.environ,
         E2E_BACKEND_URL=url,

@@ -8,6 +8,7 @@ and a chord's body runs exactly once.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,22 @@ def test_results_survive_ten_percent_faults(tmp_path):
             retries = app.log.read_text().count("Retrying")
     assert injected["error"] + injected["reset"] > 20  # faults really happened
     print(f"\nfaults injected: {injected}; worker store retries logged: {retries}")
+
+
+def test_server_killed_and_restarted_mid_run(tmp_path):
+    """SIGKILL the dev server while a worker runs: nothing acknowledged is lost, and the worker
+    and client carry on against the restarted server without restarting themselves."""
+    with DevServerProcess("--data-dir", str(tmp_path / "consul")) as server:
+        url = f"consulresults://{server.address}/killed"
+        with celery_worker(url, tmp_path / "worker", conf=RETRY) as app:
+            before = [app.send_task("e2e.add", (i, 1)) for i in range(40)]
+            assert [r.get(timeout=120) for r in before] == [i + 1 for i in range(40)]
+            server.kill()
+            during = [app.send_task("e2e.add", (i, 2)) for i in range(40)]  # stored on restart
+            time.sleep(1.0)
+            server.start()
+            assert [r.get(timeout=120) for r in during] == [i + 2 for i in range(40)]
+            assert "Retrying" in app.log.read_text()  # the outage really hit the worker's stores
+            for r in before:
+                meta = app.backend.get_task_meta(r.id, cache=False)
+                assert (meta["status"], meta["result"]) == (states.SUCCESS, r.result)
