@@ -37,14 +37,11 @@ import requests
 from celery import states
 from celery.backends.base import KeyValueStoreBackend
 from celery.exceptions import BackendStoreError, ImproperlyConfigured, TimeoutError
-from celery.utils.log import get_logger
 from kombu.utils.encoding import bytes_to_str
 
 from . import layout
 from .connection import ConsulClient, RawResponse, connect
 from .settings import ConsulSettings, SettingsError, resolve
-
-logger = get_logger(__name__)
 
 MAX_VALUE_SIZE = 524_288
 MAX_TTL = 86_400
@@ -100,11 +97,9 @@ class ExpiryPlan:
             return cls(expires, None, 0.0)
         return cls(expires, max(MIN_TTL, math.ceil(expires + window)), window)
 
-    def flags(self, now: float | None = None) -> int:
+    def flags(self) -> int:
         """Unix time after which the result may be removed (0: never)."""
-        if not self.expires:
-            return 0
-        return math.ceil((time.time() if now is None else now) + self.expires)
+        return math.ceil(time.time() + self.expires) if self.expires else 0
 
 
 def session_name(prefix: str) -> str:
@@ -726,9 +721,7 @@ class ConsulBackend(KeyValueStoreBackend):
 
     # ------------------------------------------------------------------ operations (the CLI's)
 
-    def iter_results(
-        self, kinds: frozenset[str] = frozenset({"task"}), batch: int | None = None
-    ) -> Iterator[StoredResult]:
+    def iter_results(self, kinds: frozenset[str] = frozenset({"task"})) -> Iterator[StoredResult]:
         """Every result, group or chord key under the prefix, in key order, read in batches.
 
         One ``?keys`` listing, then ``/v1/txn`` reads of at most the server's operation limit,
@@ -740,7 +733,7 @@ class ConsulBackend(KeyValueStoreBackend):
             for p in (layout.parse_key(self.prefix, k) for k in self._list_keys())
             if p is not None and p.kind in kinds
         ]
-        size = batch or self._txn_ops
+        size = self._txn_ops
         for pos in range(0, len(parsed), size):
             chunk = parsed[pos : pos + size]
             entries = self._read_entries([p.key for p in chunk])

@@ -21,14 +21,15 @@ from rich.table import Table
 PREFIX = "demo"
 
 
-def make_app(backend_url: str, broker_dir: str) -> Celery:
-    app = Celery("consulresults-demo", set_as_current=False)
-    folders = {name: str(Path(broker_dir, name)) for name in ("queue", "processed", "control")}
+def filesystem_broker(directory: str | Path) -> dict:
+    """Celery settings for kombu's filesystem transport in ``directory``: a broker that needs
+    no server (the demo and the end-to-end tests use it)."""
+    folders = {name: str(Path(directory, name)) for name in ("queue", "processed", "control")}
     for folder in folders.values():
         Path(folder).mkdir(parents=True, exist_ok=True)
-    app.conf.update(
-        broker_url="filesystem://",
-        broker_transport_options={
+    return {
+        "broker_url": "filesystem://",
+        "broker_transport_options": {
             "data_folder_in": folders["queue"],
             "data_folder_out": folders["queue"],
             "processed_folder": folders["processed"],
@@ -36,6 +37,13 @@ def make_app(backend_url: str, broker_dir: str) -> Celery:
             "store_processed": False,
             "polling_interval": 0.05,
         },
+    }
+
+
+def make_app(backend_url: str, broker_dir: str) -> Celery:
+    app = Celery("consulresults-demo", set_as_current=False)
+    app.conf.update(
+        filesystem_broker(broker_dir),
         result_backend=backend_url,
         result_expires=3600,
         result_extended=True,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 
 from rich.console import Console
@@ -90,7 +90,3 @@ def default_format(requested: str | None) -> str:
     if requested:
         return requested
     return "table" if sys.stdout.isatty() else "tsv"
-
-
-def counts_table(title: str, counts: Iterable[tuple[str, int]]) -> list[dict]:
-    return [{title: name, "count": count} for name, count in counts]

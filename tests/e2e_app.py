@@ -15,25 +15,16 @@ from pathlib import Path
 
 from celery import Celery
 
+from consulresults.demo import filesystem_broker
+
 
 def make_app(
     backend_url: str, broker_dir: str, token: str | None = None, extra: dict | None = None
 ) -> Celery:
     app = Celery("e2e", set_as_current=False)
     broker_url = os.environ.get("CELERY_BROKER_URL")
-    folder = Path(broker_dir)
     app.conf.update(
-        broker_url=broker_url or "filesystem://",
-        broker_transport_options={}
-        if broker_url
-        else {
-            "data_folder_in": str(folder / "queue"),
-            "data_folder_out": str(folder / "queue"),
-            "processed_folder": str(folder / "processed"),
-            "control_folder": str(folder / "control"),
-            "store_processed": False,
-            "polling_interval": 0.05,
-        },
+        {"broker_url": broker_url} if broker_url else filesystem_broker(broker_dir),
         result_backend=backend_url,
         consulresults_token=token,
         result_expires=3600,
@@ -43,9 +34,6 @@ def make_app(
         broker_connection_retry_on_startup=True,
     )
     app.conf.update(extra or {})
-    if not broker_url:
-        for name in ("queue", "processed", "control"):
-            (folder / name).mkdir(parents=True, exist_ok=True)
     register_tasks(app)
     return app
 

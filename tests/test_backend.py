@@ -68,8 +68,10 @@ def test_environment_cannot_override_the_configured_address(
 
 
 def test_picklable(make_app):
-    backend = make_app().backend
+    app = make_app()
+    backend = app.backend
     backend.store_result("pickled", "v", states.SUCCESS)
+    app.set_current()  # Celery unpickles a backend for the current app, as in a worker
     clone = pickle.loads(pickle.dumps(backend))
     assert clone.get_task_meta("pickled")["result"] == "v"
     assert clone.settings == backend.settings

@@ -167,6 +167,7 @@ def _wait(backend, task_id: str, timeout: float | None) -> None:
 
 
 def _print_details(rows: list[dict], field: str | None, fmt: str) -> None:
+    """How ``get`` and ``inspect`` print: one field, a list for scripts, or a block per id."""
     if field is not None:
         for row in rows:
             if field not in row:
@@ -202,11 +203,7 @@ def inspect(
             typer.echo(f"consul-results: no result for task {task_id}", err=True)
             continue
         rows.append(_inspection(backend, found))
-    if fmt in ("json", "ndjson", "ids"):
-        render.emit(rows, list(rows[0]) if rows else ["id"], fmt)
-    else:
-        for row in rows:
-            render.emit_mapping(row, fmt)
+    _print_details(rows, None, fmt)
     raise typer.Exit(EXIT_NOT_FOUND if missing else EXIT_OK)
 
 

@@ -15,7 +15,6 @@ import json
 import uuid
 from dataclasses import dataclass, field
 
-ANONYMOUS_ACCESSOR = "00000000-0000-0000-0000-000000000002"
 _RESOURCES = ("key", "session", "agent")
 _POLICIES = ("read", "write", "list", "deny")
 _GRANTS = {
@@ -107,10 +106,6 @@ class Authorizer:
         self.token = token
         self.default_allows = default_policy == "allow"
         self.node = node
-
-    @property
-    def is_anonymous(self) -> bool:
-        return self.token is None
 
     def _allowed(self, resource: str, name: str, access: str) -> bool:
         if self.token is not None and self.token.management:
