@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import base64
 import fnmatch
+import itertools
 import json
 import math
 import os
+import random
 import socket
 import threading
 import time
@@ -49,7 +51,8 @@ MIN_TTL = 10
 MAX_WINDOW = 300.0
 TXN_OPS = 128
 LEGACY_TXN_OPS = 64
-WRITE_ATTEMPTS = 20
+WRITE_PATIENCE = 60.0
+CONFLICT_BACKOFF = (0.002, 0.25)
 READ_RETRIES = 4
 READ_BACKOFF = 0.05
 KNOWN_INDEXES = 4096
@@ -494,9 +497,12 @@ class ConsulBackend(KeyValueStoreBackend):
         ``first`` = (value, known state) skips the read for the first attempt. With
         ``retry_lost``, a lost answer or a transient failure is just another reason to read
         again (for writes whose ``decide`` can tell whether they landed); without it, they go
-        to the caller (Celery retries stores under ``result_backend_always_retry``)."""
+        to the caller (Celery retries stores under ``result_backend_always_retry``). Lost races
+        back off with jitter, so many writers of one key (a chord's counter) all get through;
+        the loop gives up after ``WRITE_PATIENCE`` seconds."""
         attempt = first
-        for _ in range(WRITE_ATTEMPTS):
+        deadline = time.monotonic() + WRITE_PATIENCE
+        for tries in itertools.count(1):
             try:
                 if attempt is None:
                     entry = self._entry(key)
@@ -514,11 +520,13 @@ class ConsulBackend(KeyValueStoreBackend):
             except Exception as exc:
                 if not (retry_lost and self.exception_safe_to_retry(exc)):
                     raise
-                time.sleep(READ_BACKOFF)
+            if time.monotonic() >= deadline:
+                raise ConsulWriteConflict(
+                    f"could not write {key}: other writers kept changing it (or Consul kept "
+                    f"failing) for {WRITE_PATIENCE:g} s, {tries} attempts"
+                )
+            time.sleep(_backoff(tries))
             attempt = None
-        raise ConsulWriteConflict(
-            f"could not write {key}: it kept changing under {WRITE_ATTEMPTS} attempts"
-        )
 
     def _try_write(
         self, key: str, data: bytes, flags: int, session: str | None, known: tuple[int, str] | None
@@ -1018,6 +1026,13 @@ def _warn_if_token_in_user_part(url: str | None) -> None:
                 UserWarning,
                 stacklevel=4,
             )
+
+
+def _backoff(tries: int) -> float:
+    """Full-jitter exponential back-off: writers that lost a race to the same key (chord parts
+    finishing together) spread out instead of colliding again in lock-step."""
+    low, cap = CONFLICT_BACKOFF
+    return random.uniform(0, min(cap, low * 2**tries))
 
 
 def _decode_value(value: str | None) -> bytes | None:

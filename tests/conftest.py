@@ -130,9 +130,10 @@ def celery_worker(
     token: str | None = None,
     loglevel: str = "INFO",
     conf: dict | None = None,
+    concurrency: int = 2,
 ):
-    """A real ``celery worker`` (prefork, 2 processes) for ``tests/e2e_app.py``, with a
-    filesystem broker in ``workdir``; yields the client app (``.log`` is the worker's log)."""
+    """A real ``celery worker`` (prefork, ``concurrency`` processes) for ``tests/e2e_app.py``,
+    with a filesystem broker in ``workdir``; yields the client app (``.log``: the worker's log)."""
     from e2e_app import make_app
 
     here = Path(__file__).resolve().parent
@@ -161,7 +162,7 @@ def celery_worker(
                 "--pool",
                 "prefork",
                 "--concurrency",
-                "2",
+                str(concurrency),
                 "--loglevel",
                 loglevel,
                 "--without-gossip",

@@ -52,6 +52,11 @@ def register_tasks(app: Celery) -> None:
         time.sleep(seconds)
         return value
 
+    @app.task(name="e2e.until", shared=False)
+    def until(when, value=None):
+        time.sleep(max(0.0, when - time.time()))  # parts given one instant finish together
+        return value
+
     @app.task(name="e2e.flaky", shared=False, bind=True, max_retries=5, default_retry_delay=0)
     def flaky(self, failures):
         if self.request.retries < failures:
