@@ -265,6 +265,7 @@ class PurgeReport:
     skipped: int = 0
     failed: int = 0
     dry_run: bool = False
+    in_flight: int = 0  # deletions sent but not yet answered: if the purge stops, in doubt
 
 
 class ConsulBackend(KeyValueStoreBackend):
@@ -829,10 +830,14 @@ class ConsulBackend(KeyValueStoreBackend):
         dry_run: bool = False,
         max_delete: int | None = None,
         on_batch: Callable[[PurgeReport], None] | None = None,
+        report: PurgeReport | None = None,
     ) -> PurgeReport:
         """Delete in ``/v1/txn`` batches with delete-cas: a result rewritten since it was read
-        is skipped, not deleted. Stops after ``max_delete`` deletions."""
-        report = PurgeReport(dry_run=dry_run)
+        is skipped, not deleted. Stops after ``max_delete`` deletions. The report is filled in
+        batch by batch, so a caller that passes its own still knows what was done when the run
+        stops midway (an interrupt from ``on_batch``, Consul going away)."""
+        report = report or PurgeReport()
+        report.dry_run = dry_run
         batch: list[StoredResult] = []
         for result in results:
             if max_delete is not None and report.matched >= max_delete:
@@ -854,6 +859,7 @@ class ConsulBackend(KeyValueStoreBackend):
 
     def _delete_batch(self, batch: list[StoredResult], report: PurgeReport) -> None:
         ops = [{"KV": {"Verb": "delete-cas", "Key": r.key, "Index": r.modify_index}} for r in batch]
+        report.in_flight = len(ops)
         response = self._txn(ops)
         if response.status == 200:
             report.deleted += len(batch)
@@ -861,12 +867,14 @@ class ConsulBackend(KeyValueStoreBackend):
             stale = {e["OpIndex"] for e in response.body["Errors"]}
             report.skipped += len(stale)
             rest = [op for i, op in enumerate(ops) if i not in stale]
+            report.in_flight = len(rest)
             if rest and self._txn(rest).status == 200:
                 report.deleted += len(rest)
             else:
                 report.failed += len(rest)
         else:
             raise _txn_error(response)
+        report.in_flight = 0
         for result in batch:
             self._forget_index(result.key)
 
@@ -876,11 +884,13 @@ class ConsulBackend(KeyValueStoreBackend):
         dry_run: bool = False,
         max_delete: int | None = None,
         on_batch: Callable[[PurgeReport], None] | None = None,
+        report: PurgeReport | None = None,
     ) -> PurgeReport:
-        """Delete every result under the prefix that ``selection`` matches."""
+        """Delete every result under the prefix that ``selection`` matches (see
+        :meth:`delete_results`). Running it again after it stopped midway finishes the job."""
         now = time.time()
         chosen = (r for r in self.iter_results(selection.kinds) if selection.matches(r, now))
-        return self.delete_results(chosen, dry_run, max_delete, on_batch)
+        return self.delete_results(chosen, dry_run, max_delete, on_batch, report)
 
     def expire_now(self, task_id: str) -> bool:
         """Force-expire one result: it is removed now, as its expiry would remove it."""

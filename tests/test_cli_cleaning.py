@@ -67,6 +67,8 @@ def test_purge_dry_run_filters_and_max_delete(cli, backend):
         "skipped": 0,
         "failed": 0,
         "dry_run": True,
+        "complete": True,
+        "in_doubt": 0,
     }
     assert len(ids(backend)) == 6
     limited = cli("purge", "--state", "SUCCESS", "--max-delete", "2", "--yes", "--json")

@@ -8,6 +8,7 @@ on a terminal they say what they will do and ask; without a terminal they refuse
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from typing import TYPE_CHECKING, Annotated
 
@@ -66,23 +67,31 @@ def confirm(action: str, yes: bool) -> None:
         raise fail("nothing done", EXIT_USAGE)
 
 
-def summary(report: PurgeReport, as_json: bool) -> None:
+def summary(report: PurgeReport, as_json: bool, complete: bool = True) -> None:
+    """What was done. A run that stopped early says so, and how many deletions were sent
+    without an answer (``in_doubt``: each may or may not have happened)."""
     data = {
         "matched": report.matched,
         "deleted": report.deleted,
         "skipped": report.skipped,
         "failed": report.failed,
         "dry_run": report.dry_run,
+        "complete": complete,
+        "in_doubt": report.in_flight,
     }
     if as_json:
         typer.echo(json.dumps(data))
         return
     verb = "would delete" if report.dry_run else "deleted"
     count = report.matched if report.dry_run else report.deleted
-    typer.echo(
+    line = (
         f"matched {report.matched}, {verb} {count}, skipped {report.skipped} "
         f"(changed meanwhile), failed {report.failed}"
     )
+    if not complete:
+        doubt = f", {report.in_flight} more sent without an answer" if report.in_flight else ""
+        line += f"; stopped early{doubt}: run the same command again to finish"
+    typer.echo(line)
 
 
 @consul_command
@@ -167,10 +176,59 @@ def purge(
     backend = guarded_backend(conn, all_prefixes)
     if not dry_run:
         confirm(f"purge matching results under {backend.prefix or '(root)'}/", yes)
-    with _progress(dry_run) as on_batch:
-        report = backend.purge(chosen, dry_run=dry_run, max_delete=max_delete, on_batch=on_batch)
+    from ..backend import PurgeReport
+
+    report = PurgeReport()
+    try:
+        with _stop_signals() as stop, _progress(dry_run) as show:
+
+            def on_batch(so_far: PurgeReport) -> None:
+                if show:
+                    show(so_far)
+                if stop.signal:
+                    raise _Stopped(stop.signal)
+
+            backend.purge(chosen, dry_run, max_delete, on_batch, report)
+    except _Stopped as stopped:
+        summary(report, as_json, complete=False)
+        raise fail(f"stopped by {stopped.name}", 128 + stopped.signum) from None
+    except KeyboardInterrupt:
+        summary(report, as_json, complete=False)
+        raise fail("interrupted", 128 + signal.SIGINT) from None
+    except Exception:
+        summary(report, as_json, complete=False)
+        raise  # its own error line, from consul_command
     summary(report, as_json)
     raise typer.Exit(EXIT_NOT_FOUND if detailed_exitcode and not report.matched else EXIT_OK)
+
+
+class _Stopped(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+
+
+class _stop_signals:
+    """The first SIGINT (Ctrl-C) or SIGTERM (``timeout``, a stopping cron job) lets the batch in
+    flight finish, so the summary is exact; a second SIGINT stops at once."""
+
+    signal: int | None = None
+
+    def __enter__(self) -> _stop_signals:
+        stops = (signal.SIGINT, signal.SIGTERM)
+        self._previous = {signum: signal.signal(signum, self._handle) for signum in stops}
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+        typer.echo("consul-results: stopping after the batch in flight", err=True)
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 class _progress:

@@ -1,0 +1,140 @@
+"""A ``consul-results purge`` stopped midway (SIGINT, SIGTERM, Consul killed), then run again:
+the second run finishes the job, nothing outside the filter is ever deleted, and each run's
+summary says exactly what it did (and what it cannot know: deletions sent without an answer).
+
+The purge runs as a real process against a dev server in its own process, slowed down (50 ms
+per ``/v1/txn``) so that the interruption lands in the middle.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from consulresults.devserver import DevServerProcess, FaultRule
+from consulresults.pytest_plugin import REAL_AGENT_SKIP, external_consul
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from seed import seed
+
+pytestmark = pytest.mark.skipif(external_consul() is not None, reason=REAL_AGENT_SKIP)
+RESULTS = 6000  # 90% SUCCESS (the filter), 10% FAILURE
+PREFIX = "big"
+
+
+def _keys(server) -> list[str]:
+    response = requests.get(f"{server.url}/v1/kv/?keys", timeout=30)
+    return response.json() if response.status_code == 200 else []
+
+
+def _seeded(server) -> dict[str, list[str]]:
+    """Results, plus what purge must never touch: another prefix, foreign keys, garbage."""
+    seed(server.url, PREFIX, RESULTS)
+    seed(server.url, "other", 50)
+    for key, value in [
+        (f"{PREFIX}/config/feature-flags", b'{"on": true}'),
+        (f"{PREFIX}/celery-task-meta-garbage", b"\x00\xff not a result"),
+        (f"{PREFIX}/celery-task-meta-", b"{}"),
+    ]:
+        requests.put(f"{server.url}/v1/kv/{key}", data=value, timeout=30).raise_for_status()
+    return _by_kind(_keys(server))
+
+
+def _by_kind(keys: list[str]) -> dict[str, list[str]]:
+    success = {f"{PREFIX}/celery-task-meta-{i:08d}" for i in range(RESULTS) if i % 10}
+    kinds: dict[str, list[str]] = {"matching": [], "kept": []}
+    for key in keys:
+        kinds["matching" if key.split("-0000-")[0] in success else "kept"].append(key)
+    return kinds
+
+
+def _purge(server) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "consulresults",
+            "purge",
+            "--http-addr",
+            server.address,
+            "--prefix",
+            PREFIX,
+            "--state",
+            "SUCCESS",
+            "--yes",
+            "--json",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _when_deleting(server, matching: int) -> None:
+    """Return once the purge has deleted something (and long before it is done)."""
+    deadline = time.monotonic() + 60
+    while len(_by_kind(_keys(server))["matching"]) == matching:
+        assert time.monotonic() < deadline, "purge deleted nothing in 60 s"
+        time.sleep(0.05)
+
+
+def _finish(process: subprocess.Popen) -> tuple[int, dict, str]:
+    out, err = process.communicate(timeout=120)
+    return process.returncode, json.loads(out), err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_after_the_batch_and_a_rerun_finishes(signum):
+    with DevServerProcess() as server:
+        before = _seeded(server)
+        server.faults.add(FaultRule("latency", seconds=0.05, path_prefix="/v1/txn"))
+        purge = _purge(server)
+        _when_deleting(server, len(before["matching"]))
+        purge.send_signal(signum)
+        status, first, err = _finish(purge)
+        assert status == 128 + signum, err
+        assert err.splitlines()[-1] == f"consul-results: stopped by {signum.name}"
+        after = _by_kind(_keys(server))
+        assert first["complete"] is False and first["in_doubt"] == 0  # the batch finished
+        assert first["deleted"] == len(before["matching"]) - len(after["matching"]) > 0
+        assert after["kept"] == before["kept"]
+
+        server.faults.clear()
+        status, second, err = _finish(_purge(server))
+        assert (status, err) == (0, "")
+        assert second["complete"] is True
+        assert second["deleted"] == second["matched"] == len(after["matching"])
+        assert _by_kind(_keys(server)) == {"matching": [], "kept": before["kept"]}
+
+
+def test_consul_killed_midway_then_a_rerun_finishes(tmp_path):
+    with DevServerProcess("--data-dir", str(tmp_path)) as server:
+        before = _seeded(server)
+        server.faults.add(FaultRule("latency", seconds=0.05, path_prefix="/v1/txn"))
+        purge = _purge(server)
+        _when_deleting(server, len(before["matching"]))
+        server.kill()
+        status, first, err = _finish(purge)
+        assert status == 69
+        assert err.startswith("consul-results: cannot reach Consul at ")
+        assert len(err.splitlines()) == 1
+        assert first["complete"] is False
+
+        server.start()  # same port, same data
+        after = _by_kind(_keys(server))
+        gone = len(before["matching"]) - len(after["matching"])
+        assert first["deleted"] <= gone <= first["deleted"] + first["in_doubt"]
+        assert after["kept"] == before["kept"]
+
+        status, second, err = _finish(_purge(server))
+        assert (status, err) == (0, "")
+        assert second["deleted"] == len(after["matching"])
+        assert _by_kind(_keys(server)) == {"matching": [], "kept": before["kept"]}
