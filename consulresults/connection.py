@@ -25,6 +25,11 @@ from .settings import ConsulSettings
 POOL_SIZE = 32
 
 
+class ConsulTimeout(requests.Timeout):
+    """Consul took longer than the timeout: says which agent, which request and what to do
+    (requests' own message names only a connection pool)."""
+
+
 @dataclass
 class RawResponse:
     """Status, headers and decoded JSON (or None) of one Consul answer."""
@@ -97,15 +102,22 @@ class Transport(consul.base.HTTPClient):
         params = list(params or [])
         if self._datacenter and not any(name == "dc" for name, _ in params):
             params.append(("dc", self._datacenter))
-        response = self.session.request(
-            method,
-            self.uri(path, params),
-            data=data,
-            headers=headers,
-            verify=self.verify,
-            cert=self.cert,
-            timeout=timeout or self.timeout,
-        )
+        timeout = timeout or self.timeout
+        try:
+            response = self.session.request(
+                method,
+                self.uri(path, params),
+                data=data,
+                headers=headers,
+                verify=self.verify,
+                cert=self.cert,
+                timeout=timeout,
+            )
+        except requests.Timeout as exc:
+            raise ConsulTimeout(
+                f"Consul at {self.base_uri} did not answer {method} {path} within {timeout:g} s "
+                "(if it is just slow, raise the backend's timeout option, e.g. ?timeout=30)"
+            ) from exc
         response.encoding = "utf-8"
         return callback(
             consul.base.Response(

@@ -149,6 +149,19 @@ def test_unreachable_consul_is_exit_69_in_one_line():
     assert "sekrit-token" not in result.stdout + result.stderr
 
 
+def test_a_consul_slower_than_the_timeout_is_exit_69_in_one_line(consul_dev_server_factory):
+    server = consul_dev_server_factory()
+    server.faults.delay(2.0)
+    url = f"consulresults://{server.address}/slow?timeout=0.3"
+    result = CliRunner().invoke(app, ["get", "x", "--backend-url", url])
+    assert result.exit_code == 69
+    assert result.stderr.splitlines() == [
+        f"consul-results: Consul at http://{server.address} did not answer GET "
+        "/v1/kv/slow/celery-task-meta-x within 0.3 s (if it is just slow, raise the backend's "
+        "timeout option, e.g. ?timeout=30)"
+    ]
+
+
 def test_permission_denied_is_exit_77(consul_dev_server_factory):
     from consulresults.devserver import AclConfig
 

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from celery import chord, states
+import requests
+from celery import Celery, chord, states
 from conftest import celery_worker
 
 from consulresults.devserver import DevServerProcess, FaultRule
@@ -77,3 +78,30 @@ def test_server_killed_and_restarted_mid_run(tmp_path):
             for r in before:
                 meta = app.backend.get_task_meta(r.id, cache=False)
                 assert (meta["status"], meta["result"]) == (states.SUCCESS, r.result)
+
+
+def test_latency_spike_longer_than_the_timeout_then_recovery(tmp_path):
+    """Every request takes 3 s while the backend's timeout is 1 s: a client read fails with a
+    clear timeout error (after its own few read retries; a client with always_retry would keep
+    trying instead); the worker's stores retry; once Consul is fast again, all land."""
+    with DevServerProcess() as server:
+        url = f"consulresults://{server.address}/spiky?timeout=1"
+        with celery_worker(url, tmp_path, conf=RETRY) as app:
+            before = app.send_task("e2e.add", (1, 1))
+            assert before.get(timeout=60) == 2
+            server.faults.add(FaultRule("latency", seconds=3.0))
+            during = [app.send_task("e2e.add", (i, 3)) for i in range(10)]
+            plain = Celery("plain", set_as_current=False)  # no always_retry: fails fast
+            plain.conf.update(result_backend=url, result_expires=3600)
+            with pytest.raises(requests.Timeout) as timed_out:
+                plain.backend.get_task_meta(before.id, cache=False)
+            time.sleep(2)  # the worker's stores are timing out and retrying meanwhile
+            server.faults.clear()
+            assert [r.get(timeout=120) for r in during] == [i + 3 for i in range(10)]
+            assert app.backend.get_task_meta(before.id, cache=False)["result"] == 2
+            assert "Retrying" in app.log.read_text()
+    assert str(timed_out.value) == (
+        f"Consul at http://{server.address} did not answer GET /v1/kv/spiky/celery-task-meta-"
+        f"{before.id} within 1 s (if it is just slow, raise the backend's timeout option, "
+        "e.g. ?timeout=30)"
+    )

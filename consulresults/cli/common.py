@@ -265,12 +265,8 @@ def describe_error(exc: BaseException, where: str) -> tuple[str, int] | None:
             "(set --http-addr or CONSUL_HTTP_ADDR)",
             EXIT_UNAVAILABLE,
         )
-    if isinstance(exc, requests.Timeout):
-        return (
-            f"Consul at {where} did not answer in time (try again, or raise ?timeout= in "
-            "the backend URL)",
-            EXIT_UNAVAILABLE,
-        )
+    if isinstance(exc, requests.Timeout):  # the transport's message names agent and request
+        return _first_line(exc), EXIT_UNAVAILABLE
     if isinstance(exc, consul.base.ACLPermissionDenied):
         return (
             f"permission denied by Consul: {_first_line(exc)} (check --token, --token-file "
