@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from celery import states
 from hypothesis import HealthCheck, given, settings
@@ -87,3 +89,60 @@ def test_oversized_results_fail_clearly_and_write_nothing(
     with pytest.raises(BackendStoreError, match=r"bytes, over Consul's 524288-byte value limit"):
         backend.set(backend.get_key_for_task("big"), b"x" * size)
     assert api.get(f"/v1/kv/{consul_prefix}?keys").status_code == 404
+
+
+GARBAGE = {  # name under the prefix -> value: none of them is a result this backend wrote
+    "celery-task-meta-binary": b"\x00\xff not json",
+    "celery-task-meta-empty": b"",
+    "celery-task-meta-list": b"[1, 2]",
+    "celery-task-meta-number": b"42",
+    "celery-task-meta-nostatus": b'{"result": 1}',
+    "celery-task-meta-": b"{}",
+    "celery-task-meta-a/b": b'{"status": "SUCCESS", "result": 1}',
+    "celery-taskset-meta-junk": b"nope",
+    "chord-unlock-junk": b"nope",
+    "config/db": b"postgres://",
+    "sub/": None,
+}
+UNREADABLE = ["binary", "empty", "list", "nostatus", "number"]
+
+
+def test_garbage_and_foreign_keys_are_shown_or_skipped_never_purged(
+    cli, api, consul_prefix, builtin_backend
+):
+    """ls, get, inspect, stats and purge on a prefix full of things that are not our results:
+    values that do not decode are shown as UNREADABLE, keys that are not results are skipped,
+    a result of Celery's built-in backend is read like ours; nothing crashes, and purge deletes
+    only what it can identify as a result."""
+    for name, value in GARBAGE.items():
+        assert api.put(f"/v1/kv/{consul_prefix}{name}", value).status_code == 200
+    builtin_backend.store_result("builtin-1", {"v": 1}, states.SUCCESS)
+
+    listed = json.loads(cli("ls", "-o", "json").stdout)
+    assert {r["id"]: r["state"] for r in listed} == {
+        "builtin-1": states.SUCCESS,
+        **dict.fromkeys(UNREADABLE, "UNREADABLE"),
+    }
+    for task_id in UNREADABLE:
+        shown = cli("get", task_id, "-o", "json")
+        assert shown.exit_code == 0, shown.output
+        [meta] = json.loads(shown.stdout)
+        assert meta["state"] == "UNREADABLE" and meta["error"]
+        assert cli("inspect", task_id).exit_code == 0
+    [builtin] = json.loads(cli("get", "builtin-1", "-o", "json").stdout)
+    assert builtin["result"] == {"v": 1}
+    assert cli("get", "a/b").exit_code == 3  # the built-in wrote it as a path: not a result here
+    empty = cli("get", "")
+    assert (empty.exit_code, empty.stderr.strip()) == (
+        2,
+        "consul-results: a task id is empty: give the id, or - to read ids from stdin",
+    )
+
+    stats = json.loads(cli("stats", "-o", "json").stdout)
+    assert stats["results"] == 6
+    assert stats["by_state"] == {"SUCCESS": 1, "UNREADABLE": 5}
+
+    purged = cli("purge", "--yes", "--json")
+    assert json.loads(purged.stdout)["deleted"] == 1  # the built-in's result, nothing else
+    left = api.get(f"/v1/kv/{consul_prefix}?keys").json()
+    assert sorted(k[len(consul_prefix) :] for k in left) == sorted(GARBAGE)

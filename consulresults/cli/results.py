@@ -50,6 +50,8 @@ def ids_from(args: list[str]) -> list[str]:
     for arg in args:
         if arg == "-":
             ids.extend(line.strip() for line in sys.stdin if line.strip())
+        elif not arg.strip():
+            raise fail("a task id is empty: give the id, or - to read ids from stdin", EXIT_USAGE)
         else:
             ids.append(arg)
     if not ids:
