@@ -283,6 +283,7 @@ class ConsulBackend(KeyValueStoreBackend):
         explicit = {name: conf.get(f"consulresults_{name}") for name in CELERY_SETTINGS}
         try:
             self.settings: ConsulSettings = resolve(url, explicit)
+            self.client = connect(self.settings)
         except SettingsError as exc:
             raise ImproperlyConfigured(f"consulresults backend: {exc}") from None
         self.prefix = self.settings.prefix
@@ -293,7 +294,6 @@ class ConsulBackend(KeyValueStoreBackend):
             self.expires if failure is None else self.prepare_expires(failure, type=float)
         )
         self.expiry = self._plan(self.expires)
-        self.client = connect(self.settings)
         self.session_pool = SessionPool(self.client, self.prefix)
         self._known: OrderedDict[str, tuple[int, str, bool]] = OrderedDict()
         self._known_lock = threading.Lock()

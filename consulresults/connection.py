@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import consul.base
 import requests
 from requests.adapters import HTTPAdapter
 
-from .settings import ConsulSettings
+from .settings import ConsulSettings, SettingsError
 
 POOL_SIZE = 32
 
@@ -55,10 +56,42 @@ class _Adapter(HTTPAdapter):
         super().init_poolmanager(*args, **kwargs)
 
 
+def check_tls_files(settings: ConsulSettings) -> None:
+    """Load the CA and client certificate now, so a wrong path or a file that is not PEM is one
+    clear error at start-up rather than an OSError from deep inside the first request."""
+    context = ssl.create_default_context()
+    if settings.client_key and not settings.client_cert:
+        raise SettingsError("a client key needs its client certificate (client_cert)")
+    if settings.ca_file:
+        try:
+            context.load_verify_locations(cafile=settings.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise SettingsError(
+                f"cannot use the CA file {settings.ca_file}: {_tls_reason(exc)} "
+                "(expect a PEM file with the CA certificate)"
+            ) from None
+    if settings.client_cert:
+        try:
+            context.load_cert_chain(settings.client_cert, settings.client_key)
+        except (OSError, ssl.SSLError) as exc:
+            key = f" with key {settings.client_key}" if settings.client_key else ""
+            raise SettingsError(
+                f"cannot use the client certificate {settings.client_cert}{key}: "
+                f"{_tls_reason(exc)} (expect PEM files: the certificate and its unencrypted key)"
+            ) from None
+
+
+def _tls_reason(exc: OSError) -> str:
+    if isinstance(exc, ssl.SSLError):  # "[SSL] PEM lib (_ssl.c:3905)" says nothing useful
+        return (exc.reason or "not PEM, or the key does not match").replace("_", " ").lower()
+    return (exc.strerror or type(exc).__name__).lower()
+
+
 class Transport(consul.base.HTTPClient):
     """python-consul2's HTTP client interface over a fork-safe, pooled ``requests`` session."""
 
     def __init__(self, settings: ConsulSettings, token: str | None) -> None:
+        check_tls_files(settings)
         verify: bool | str = (settings.ca_file or True) if settings.verify else False
         cert = (settings.client_cert, settings.client_key) if settings.client_cert else None
         super().__init__(

@@ -75,17 +75,35 @@ class ConsulSettings:
     def resolved_token(self) -> str | None:
         """The token, or the contents of the token file (read when needed, never logged)."""
         if self.token:
-            return self.token
+            return _checked_token(self.token, "the Consul token")
         if self.token_file:
             try:
                 with open(self.token_file, encoding="utf-8") as handle:
-                    return handle.read().strip() or None
-            except OSError as exc:
+                    token = handle.read().strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = getattr(exc, "strerror", None) or "not UTF-8 text"
                 raise SettingsError(
-                    f"cannot read the Consul token file {self.token_file}: {exc.strerror} "
+                    f"cannot read the Consul token file {self.token_file}: {reason} "
                     "(check the path and its permissions)"
                 ) from None
+            if not token:
+                raise SettingsError(
+                    f"the Consul token file {self.token_file} is empty (write the token in it, "
+                    "or leave the token file unset to go without one)"
+                )
+            return _checked_token(token, f"the Consul token in {self.token_file}")
         return None
+
+
+def _checked_token(token: str, what: str) -> str:
+    """A token is sent as an HTTP header: a stray newline or quote must fail here, clearly, and
+    without showing the token, not deep in the HTTP library with the token in the message."""
+    if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
+        raise SettingsError(
+            f"{what} contains spaces, control or non-ASCII characters, so it cannot be sent "
+            "(check for a stray newline, space or quote around it)"
+        )
+    return token
 
 
 def parse_address(text: str, source: str) -> dict:
@@ -100,6 +118,8 @@ def parse_address(text: str, source: str) -> dict:
             )
     value = value.rstrip("/")
     host, port = value, None
+    if value.startswith("[") and "]" not in value:
+        raise SettingsError(f"{source}: unclosed '[' in {text!r} (IPv6 looks like [::1]:8500)")
     if value.startswith("["):
         host, _, rest = value[1:].partition("]")
         port = rest[1:] if rest.startswith(":") else None
@@ -170,7 +190,12 @@ def from_url(url: str, source: str = "result_backend URL") -> dict:
     """Settings from ``consulresults://[TOKEN@]host[:port]/prefix?option=value``."""
     if "://" not in url:
         raise SettingsError(f"{source}: expected consulresults://host:port/prefix")
-    parts = urlsplit("http://" + url.split("://", 1)[1])
+    try:
+        parts = urlsplit("http://" + url.split("://", 1)[1])
+    except ValueError as exc:  # the URL may hold a token: name the fault, not the URL
+        raise SettingsError(
+            f"{source}: malformed ({exc}); expected consulresults://host:port/prefix"
+        ) from None
     netloc = parts.netloc
     found: dict = {}
     if "@" in netloc:

@@ -3,6 +3,7 @@ done by :mod:`consulresults.backend`, imported inside each command so ``--help``
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -52,5 +53,17 @@ app.command("dev-server")(devserver.dev_server)
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app(prog_name="consul-results")
+    """Console-script entry point. Usage errors are one line on stderr, like every other error
+    (Click would draw a box around them), with the same exit status 2."""
+    try:
+        code = app(prog_name="consul-results", standalone_mode=False)
+    except typer.TyperException as exc:  # Click's errors: usage (2), bad files...
+        ctx = getattr(exc, "ctx", None)
+        where = ctx.command_path if ctx else "consul-results"
+        hint = f" (see {where} -h)" if ctx else ""
+        typer.echo(f"{where}: {exc.format_message()}{hint}", err=True)
+        code = exc.exit_code
+    except typer.Abort:
+        typer.echo("consul-results: aborted", err=True)
+        code = 1
+    sys.exit(code)

@@ -260,11 +260,11 @@ def describe_error(exc: BaseException, where: str) -> tuple[str, int] | None:
             EXIT_UNAVAILABLE,
         )
     if isinstance(exc, requests.ConnectionError):
-        return (
-            f"cannot reach Consul at {_address(exc) or where}: {_reason(exc)} "
-            "(set --http-addr or CONSUL_HTTP_ADDR)",
-            EXIT_UNAVAILABLE,
-        )
+        address, reason = _address(exc) or where, _reason(exc)
+        hint = "set --http-addr or CONSUL_HTTP_ADDR"
+        if reason == "closed without an answer" and address.startswith("https"):
+            hint = "a Consul that requires TLS client certificates does this: --client-cert"
+        return f"cannot reach Consul at {address}: {reason} ({hint})", EXIT_UNAVAILABLE
     if isinstance(exc, requests.Timeout):  # the transport's message names agent and request
         return _first_line(exc), EXIT_UNAVAILABLE
     if isinstance(exc, consul.base.ACLPermissionDenied):
@@ -285,16 +285,19 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc)
-    for known in (
-        "Connection refused",
-        "Name or service not known",
-        "timed out",
-        "certificate verify failed",
-        "No route to host",
+    text = str(exc).lower()
+    for known, reason in (
+        ("connection refused", "connection refused"),
+        ("name or service not known", "name or service not known"),
+        ("timed out", "timed out"),
+        ("certificate verify failed", "certificate verify failed"),
+        ("certificate required", "Consul requires a client certificate"),
+        ("no route to host", "no route to host"),
+        ("connection reset", "connection reset"),
+        ("closed connection without response", "closed without an answer"),
     ):
-        if known.lower() in text.lower():
-            return known.lower()
+        if known in text:
+            return reason
     return type(exc).__name__
 
 

@@ -14,7 +14,10 @@ from .common import EXIT_USAGE, fail
 def dev_server(
     host: Annotated[str, typer.Option(metavar="HOST", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[
-        int, typer.Option(metavar="PORT", help="Port to listen on; 0 picks a free port.")
+        int,
+        typer.Option(
+            metavar="PORT", min=0, max=65535, help="Port to listen on; 0 picks a free port."
+        ),
     ] = 8500,
     node_name: Annotated[
         str, typer.Option(metavar="NAME", help="The node's name.")
@@ -124,6 +127,11 @@ def dev_server(
     from ..devserver.server import serve_forever
 
     tokens: dict[str, str | dict] = {}
+    if data_dir is not None:
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise fail(f"cannot use --data-dir {data_dir}: {exc.strerror}", EXIT_USAGE) from None
     try:
         if acl_tokens_file is not None:
             tokens.update(json.loads(acl_tokens_file.read_text()))

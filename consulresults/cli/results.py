@@ -127,7 +127,10 @@ def get(
     timeout: Annotated[
         float | None,
         typer.Option(
-            "--timeout", metavar="SECONDS", help="Give up waiting after this long (exit 75)."
+            "--timeout",
+            metavar="SECONDS",
+            min=0,
+            help="Give up waiting after this long (exit 75).",
         ),
     ] = None,
     output: OutputOption = None,
@@ -263,8 +266,8 @@ def selection(
     return ResultFilter(
         states=frozenset(s.upper() for s in states or ()),
         task_globs=tuple(task or ()),
-        older_than=parse_when(older_than, "--older-than") if older_than else None,
-        newer_than=parse_when(newer_than, "--newer-than") if newer_than else None,
+        older_than=None if older_than is None else parse_when(older_than, "--older-than"),
+        newer_than=None if newer_than is None else parse_when(newer_than, "--newer-than"),
         expired=expired,
         no_session=no_session,
         include_unreadable=include_unreadable,
