@@ -171,7 +171,8 @@ def purge(
     ] = False,
 ) -> None:
     """Delete every result under the prefix that the filters match, in /v1/txn batches with
-    delete-cas: a result rewritten meanwhile is skipped, never deleted."""
+    delete-cas: a result rewritten meanwhile is skipped, never deleted. Stopped early (Ctrl-C,
+    SIGTERM, Consul gone), it says what it did; run it again to finish."""
     chosen = selection(state, task, older_than, newer_than, expired, no_session, include_unreadable)
     backend = guarded_backend(conn, all_prefixes)
     if not dry_run:
