@@ -57,8 +57,13 @@ def test_results_survive_ten_percent_faults(tmp_path, tasks):
             bodies = list(Path(app.mark_dir).glob("body-*"))
             assert [p.read_text() for p in bodies] == [str(sum(range(20)))]
             retries = app.log.read_text().count("Retrying")
+            keys = requests.get(f"{server.url}/v1/kv/?keys", timeout=60).json()
+    assert [k for k in keys if not k.startswith("faulty/")] == []
     assert injected["error"] + injected["reset"] > 20  # faults really happened
-    print(f"\nfaults injected: {injected}; worker store retries logged: {retries}")
+    print(
+        f"\n{tasks} tasks + a 20-part chord; faults injected: {injected}; "
+        f"worker store retries logged: {retries}; keys: {len(keys)}, all under faulty/"
+    )
 
 
 def test_server_killed_and_restarted_mid_run(tmp_path):
