@@ -39,6 +39,8 @@ import requests
 from celery import states
 from celery.backends.base import KeyValueStoreBackend
 from celery.exceptions import BackendStoreError, ImproperlyConfigured, TimeoutError
+from celery.utils.log import get_logger
+from celery.utils.time import get_exponential_backoff_interval
 from kombu.utils.encoding import bytes_to_str
 
 from . import layout
@@ -57,6 +59,7 @@ READ_RETRIES = 4
 READ_BACKOFF = 0.05
 KNOWN_INDEXES = 4096
 BLOCK_SECONDS = 10.0
+logger = get_logger(__name__)
 CELERY_SETTINGS = (
     "address",
     "prefix",
@@ -637,7 +640,8 @@ class ConsulBackend(KeyValueStoreBackend):
         key = self._key(self.get_key_for_task(task_id))
         index = 0
         while True:
-            meta, index = self._read_blocking(key, index, self._block_time(deadline, on_interval))
+            wait = self._block_time(deadline, on_interval)
+            meta, index = self._with_retry_policy(self._read_blocking, key, index, wait)
             if meta["status"] in states.READY_STATES:
                 if meta["status"] == states.SUCCESS:
                     self._cache[task_id] = meta
@@ -646,6 +650,31 @@ class ConsulBackend(KeyValueStoreBackend):
                 on_interval()
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError("The operation timed out.")
+
+    def _with_retry_policy(self, fn: Callable, *args):
+        """Celery's retry policy (``result_backend_always_retry`` and its back-off settings) for
+        the reads Celery does not wrap itself: waits and joins (``get()``, chord joins). Without
+        it, an outage longer than the read retries ends a wait that had time left."""
+        retries = 0
+        while True:
+            try:
+                return fn(*args)
+            except Exception as exc:
+                if not (self.always_retry and self.exception_safe_to_retry(exc)):
+                    raise
+                if retries >= self.max_retries:
+                    raise
+                retries += 1
+                logger.warning("Consul read failed (%s); retrying (%d so far)", exc, retries)
+                time.sleep(
+                    get_exponential_backoff_interval(
+                        self.base_sleep_between_retries_ms,
+                        retries,
+                        self.max_sleep_between_retries_ms,
+                        True,
+                    )
+                    / 1000
+                )
 
     @staticmethod
     def _block_time(deadline: float | None, on_interval) -> float:
@@ -697,9 +726,8 @@ class ConsulBackend(KeyValueStoreBackend):
         iterations = 0
         while ids:
             keys = list(ids)
-            ready = self._mget_to_results(
-                self.mget([self.get_key_for_task(k) for k in keys]), keys, READY_STATES
-            )
+            values = self._with_retry_policy(self.mget, [self.get_key_for_task(k) for k in keys])
+            ready = self._mget_to_results(values, keys, READY_STATES)
             self._cache.update(ready)
             ids.difference_update(ready)
             for task_id, meta in ready.items():
@@ -713,8 +741,9 @@ class ConsulBackend(KeyValueStoreBackend):
             if on_interval:
                 on_interval()
             waiting_on = self._key(self.get_key_for_task(next(iter(ids))))
-            _, index = self._read_blocking(waiting_on, 0, 0)
-            self._read_blocking(waiting_on, index, self._block_time(deadline, True))
+            _, index = self._with_retry_policy(self._read_blocking, waiting_on, 0, 0)
+            wait = self._block_time(deadline, True)
+            self._with_retry_policy(self._read_blocking, waiting_on, index, wait)
             iterations += 1
             if max_iterations and iterations >= max_iterations:
                 break

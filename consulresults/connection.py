@@ -22,6 +22,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from .settings import ConsulSettings, SettingsError
+from .tlsfiles import load_error
 
 POOL_SIZE = 32
 
@@ -59,15 +60,15 @@ class _Adapter(HTTPAdapter):
 def check_tls_files(settings: ConsulSettings) -> None:
     """Load the CA and client certificate now, so a wrong path or a file that is not PEM is one
     clear error at start-up rather than an OSError from deep inside the first request."""
-    context = ssl.create_default_context()
     if settings.client_key and not settings.client_cert:
         raise SettingsError("a client key needs its client certificate (client_cert)")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # empty: loads no system CAs
     if settings.ca_file:
         try:
             context.load_verify_locations(cafile=settings.ca_file)
         except (OSError, ssl.SSLError) as exc:
             raise SettingsError(
-                f"cannot use the CA file {settings.ca_file}: {_tls_reason(exc)} "
+                f"cannot use the CA file {settings.ca_file}: {load_error(exc)} "
                 "(expect a PEM file with the CA certificate)"
             ) from None
     if settings.client_cert:
@@ -77,14 +78,8 @@ def check_tls_files(settings: ConsulSettings) -> None:
             key = f" with key {settings.client_key}" if settings.client_key else ""
             raise SettingsError(
                 f"cannot use the client certificate {settings.client_cert}{key}: "
-                f"{_tls_reason(exc)} (expect PEM files: the certificate and its unencrypted key)"
+                f"{load_error(exc)} (expect PEM files: the certificate and its unencrypted key)"
             ) from None
-
-
-def _tls_reason(exc: OSError) -> str:
-    if isinstance(exc, ssl.SSLError):  # "[SSL] PEM lib (_ssl.c:3905)" says nothing useful
-        return (exc.reason or "not PEM, or the key does not match").replace("_", " ").lower()
-    return (exc.strerror or type(exc).__name__).lower()
 
 
 class Transport(consul.base.HTTPClient):

@@ -91,6 +91,28 @@ def test_latency_over_the_timeout_is_retried_then_a_clear_error(consul_dev_serve
     assert backend.get_task_meta("t", cache=False)["result"] == 1  # recovered
 
 
+def test_waits_follow_celerys_retry_policy_through_a_longer_outage(consul_dev_server_factory):
+    """Celery retries get_task_meta under result_backend_always_retry but not waits and joins:
+    ours do, so an outage longer than the read retries does not end a wait that had time."""
+    server = consul_dev_server_factory()
+    url = f"consulresults://{server.address}/outage"
+    backend_for(url).store_result("done", 7, states.SUCCESS)
+    backend_for(url).store_result("also", 8, states.SUCCESS)
+    patient = backend_for(
+        url,
+        result_backend_always_retry=True,
+        result_backend_base_sleep_between_retries_ms=1,
+        result_backend_max_sleep_between_retries_ms=20,
+    )
+    server.faults.reset(count=12)  # more than the 4 quick read retries, twice over
+    assert patient.wait_for("done", timeout=30)["result"] == 7
+    server.faults.reset(count=12)
+    assert dict(patient.get_many(["also"], timeout=30))["also"]["result"] == 8  # not cached
+    server.faults.reset(count=12)
+    with pytest.raises(requests.ConnectionError):  # without the policy: the error, at once
+        backend_for(url).wait_for("done", timeout=30)
+
+
 def test_tls_server_name_is_checked_instead_of_the_address(tmp_path):
     from certs import make_ca_and_certs
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import threading
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -218,7 +219,10 @@ class _stop_signals:
 
     def __enter__(self) -> _stop_signals:
         stops = (signal.SIGINT, signal.SIGTERM)
-        self._previous = {signum: signal.signal(signum, self._handle) for signum in stops}
+        in_main_thread = threading.current_thread() is threading.main_thread()  # else: no signals
+        self._previous = {
+            signum: signal.signal(signum, self._handle) for signum in stops if in_main_thread
+        }
         return self
 
     def _handle(self, signum: int, frame: object) -> None:
