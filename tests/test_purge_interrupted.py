@@ -115,6 +115,26 @@ def test_a_signal_stops_after_the_batch_and_a_rerun_finishes(signum):
         assert _by_kind(_keys(server)) == {"matching": [], "kept": before["kept"]}
 
 
+def test_a_second_ctrl_c_stops_at_once_and_says_what_is_in_doubt():
+    with DevServerProcess() as server:
+        before = _seeded(server)
+        server.faults.add(FaultRule("latency", seconds=1.0, path_prefix="/v1/txn"))
+        purge = _purge(server)
+        _when_deleting(server, len(before["matching"]))  # a delete batch just ended
+        purge.send_signal(signal.SIGINT)
+        time.sleep(1.5)  # each batch of reads (1 s) is followed by a batch of deletes (1 s)
+        purge.send_signal(signal.SIGINT)
+        status, first, err = _finish(purge)
+        assert status == 130, err
+        assert first["complete"] is False and first["in_doubt"] > 0
+        server.faults.clear()
+        time.sleep(1.2)  # let the batch whose answer was abandoned land (or not)
+        after = _by_kind(_keys(server))
+        gone = len(before["matching"]) - len(after["matching"])
+        assert first["deleted"] <= gone <= first["deleted"] + first["in_doubt"]
+        assert after["kept"] == before["kept"]
+
+
 def test_consul_killed_midway_then_a_rerun_finishes(tmp_path):
     with DevServerProcess("--data-dir", str(tmp_path)) as server:
         before = _seeded(server)

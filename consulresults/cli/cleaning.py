@@ -193,10 +193,8 @@ def purge(
             backend.purge(chosen, dry_run, max_delete, on_batch, report)
     except _Stopped as stopped:
         summary(report, as_json, complete=False)
-        raise fail(f"stopped by {stopped.name}", 128 + stopped.signum) from None
-    except KeyboardInterrupt:
-        summary(report, as_json, complete=False)
-        raise fail("interrupted", 128 + signal.SIGINT) from None
+        name = signal.Signals(stopped.signum).name
+        raise fail(f"stopped by {name}", 128 + stopped.signum) from None
     except Exception:
         summary(report, as_json, complete=False)
         raise  # its own error line, from consul_command
@@ -205,15 +203,17 @@ def purge(
 
 
 class _Stopped(Exception):
+    """A stop signal arrived; ``signum`` says which."""
+
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
-        self.name = signal.Signals(signum).name
 
 
 class _stop_signals:
     """The first SIGINT (Ctrl-C) or SIGTERM (``timeout``, a stopping cron job) lets the batch in
-    flight finish, so the summary is exact; a second SIGINT stops at once."""
+    flight finish, so the summary is exact; a second SIGINT stops at once (what was in flight
+    is then reported as in doubt)."""
 
     signal: int | None = None
 
@@ -227,7 +227,7 @@ class _stop_signals:
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            raise _Stopped(signum)
         self.signal = signum
         typer.echo("consul-results: stopping after the batch in flight", err=True)
 
