@@ -47,6 +47,8 @@ from . import layout
 from .connection import ConsulClient, RawResponse, connect
 from .settings import ConsulSettings, SettingsError, resolve
 
+logger = get_logger(__name__)
+
 MAX_VALUE_SIZE = 524_288
 MAX_TTL = 86_400
 MIN_TTL = 10
@@ -59,7 +61,6 @@ READ_RETRIES = 4
 READ_BACKOFF = 0.05
 KNOWN_INDEXES = 4096
 BLOCK_SECONDS = 10.0
-logger = get_logger(__name__)
 CELERY_SETTINGS = (
     "address",
     "prefix",
@@ -660,9 +661,8 @@ class ConsulBackend(KeyValueStoreBackend):
             try:
                 return fn(*args)
             except Exception as exc:
-                if not (self.always_retry and self.exception_safe_to_retry(exc)):
-                    raise
-                if retries >= self.max_retries:
+                retryable = self.always_retry and self.exception_safe_to_retry(exc)
+                if not retryable or retries >= self.max_retries:
                     raise
                 retries += 1
                 logger.warning("Consul read failed (%s); retrying (%d so far)", exc, retries)
