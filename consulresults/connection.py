@@ -66,7 +66,7 @@ def check_tls_files(settings: ConsulSettings) -> None:
     if settings.ca_file:
         try:
             context.load_verify_locations(cafile=settings.ca_file)
-        except (OSError, ssl.SSLError) as exc:
+        except OSError as exc:  # ssl.SSLError is one
             raise SettingsError(
                 f"cannot use the CA file {settings.ca_file}: {load_error(exc)} "
                 "(expect a PEM file with the CA certificate)"
@@ -74,7 +74,7 @@ def check_tls_files(settings: ConsulSettings) -> None:
     if settings.client_cert:
         try:
             context.load_cert_chain(settings.client_cert, settings.client_key)
-        except (OSError, ssl.SSLError) as exc:
+        except OSError as exc:  # ssl.SSLError is one
             key = f" with key {settings.client_key}" if settings.client_key else ""
             raise SettingsError(
                 f"cannot use the client certificate {settings.client_cert}{key}: "
