@@ -20,6 +20,17 @@ import requests
 SESSION_TTL_MIN_S = float(os.environ.get("CONSUL_SESSION_TTL_MIN", "1"))
 
 
+CONSUL_RESULTS = [sys.executable, "-m", "consulresults"]  # the CLI, as a real process
+
+
+def run_cli(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+    """``consul-results ARGS`` as a real process: piped (no terminal), empty stdin."""
+    kwargs.setdefault("stdin", subprocess.DEVNULL)
+    return subprocess.run(
+        [*CONSUL_RESULTS, *args], capture_output=True, text=True, timeout=timeout, **kwargs
+    )
+
+
 @pytest.fixture(scope="session")
 def consul_dev_server_options() -> dict:
     return {"session_ttl_min": f"{SESSION_TTL_MIN_S:g}s"}

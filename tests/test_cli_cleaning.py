@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 from celery import states
-from conftest import backend_url
+from conftest import backend_url, run_cli
 from typer.testing import CliRunner
 
 from consulresults.cli import app
@@ -115,9 +113,6 @@ def test_expire_and_sessions_expire_and_gc(cli, backend, api):
 
 def test_purge_as_a_subprocess_from_cron(consul_server, consul_prefix, backend):
     cmd = [
-        sys.executable,
-        "-m",
-        "consulresults",
         "purge",
         "--backend-url",
         backend_url(consul_server, consul_prefix),
@@ -126,13 +121,9 @@ def test_purge_as_a_subprocess_from_cron(consul_server, consul_prefix, backend):
     ]
     if consul_server.token:
         cmd += ["--token", consul_server.token]
-    refused = subprocess.run(
-        cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60
-    )
+    refused = run_cli(*cmd)
     assert refused.returncode == 2
-    done = subprocess.run(
-        [*cmd, "--yes"], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60
-    )
+    done = run_cli(*cmd, "--yes")
     assert done.returncode == 0
     assert done.stdout.startswith("matched 1, deleted 1")
     assert done.stderr == ""  # no progress bar when not on a terminal

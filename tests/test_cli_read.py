@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 from celery import states
-from conftest import backend_url
+from conftest import backend_url, run_cli
 from typer.testing import CliRunner
 
 from consulresults.cli import app
@@ -124,23 +122,7 @@ def test_stats_and_sessions(cli, stored):
 
 
 def test_unreachable_consul_is_exit_69_in_one_line():
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "consulresults",
-            "ls",
-            "--http-addr",
-            "127.0.0.1:9",
-            "--prefix",
-            "x",
-            "--token",
-            "sekrit-token",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_cli("ls", "--http-addr", "127.0.0.1:9", "--prefix", "x", "--token", "sekrit-token")
     assert result.returncode == 69
     assert result.stderr.strip().splitlines() == [
         "consul-results: cannot reach Consul at http://127.0.0.1:9: connection refused "
@@ -280,18 +262,10 @@ def test_pickle_results_decode_only_through_an_app_that_accepts_pickle(
 
 
 def test_version_and_not_found_as_subprocesses(consul_server, consul_prefix):
-    version = subprocess.run(
-        [sys.executable, "-m", "consulresults", "--version"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    version = run_cli("--version")
     assert version.returncode == 0
     assert version.stdout.startswith("consul-results ")
     cmd = [
-        sys.executable,
-        "-m",
-        "consulresults",
         "get",
         "absent-id",
         "--backend-url",
@@ -299,7 +273,7 @@ def test_version_and_not_found_as_subprocesses(consul_server, consul_prefix):
     ]
     if consul_server.token:
         cmd += ["--token", consul_server.token]
-    missing = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    missing = run_cli(*cmd)
     assert missing.returncode == 3
     assert missing.stdout == ""
     assert "no result for task absent-id" in missing.stderr

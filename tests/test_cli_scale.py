@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import resource
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from consulresults.devserver import DevServerProcess
 from consulresults.pytest_plugin import REAL_AGENT_SKIP, external_consul
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from conftest import run_cli
 from seed import seed
 
 COUNT = 100_000
@@ -24,23 +24,16 @@ def test_purge_of_100k_results_in_bounded_memory():
     with DevServerProcess() as server:
         seed(server.url, "big", COUNT)
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "consulresults",
-                "purge",
-                "--yes",
-                "--json",
-                "--http-addr",
-                server.address,
-                "--prefix",
-                "big",
-                "--state",
-                "SUCCESS",
-            ],
-            capture_output=True,
-            text=True,
+        result = run_cli(
+            "purge",
+            "--yes",
+            "--json",
+            "--http-addr",
+            server.address,
+            "--prefix",
+            "big",
+            "--state",
+            "SUCCESS",
             timeout=600,
         )
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -51,20 +44,5 @@ def test_purge_of_100k_results_in_bounded_memory():
         )
         assert before / 1024 < MEMORY_LIMIT_MB  # the dev server child did not set the peak
         assert peak_mb < MEMORY_LIMIT_MB, f"purge peaked at {peak_mb:.0f} MB"
-        left = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "consulresults",
-                "ls",
-                "--count",
-                "--http-addr",
-                server.address,
-                "--prefix",
-                "big",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        left = run_cli("ls", "--count", "--http-addr", server.address, "--prefix", "big")
         assert left.stdout == "10000\n"

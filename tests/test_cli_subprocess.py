@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
 from celery import states
-from conftest import backend_url
+from conftest import backend_url, run_cli
 
 
 @pytest.fixture
@@ -19,19 +18,10 @@ def run(consul_server, consul_prefix, make_app):
 
     def run(*args: str) -> subprocess.CompletedProcess:
         args = [a.replace("SESSION", session) for a in args]
-        cmd = [
-            sys.executable,
-            "-m",
-            "consulresults",
-            *args,
-            "--backend-url",
-            backend_url(consul_server, consul_prefix),
-        ]
+        cmd = [*args, "--backend-url", backend_url(consul_server, consul_prefix)]
         if consul_server.token:
             cmd += ["--token", consul_server.token]
-        return subprocess.run(
-            cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120
-        )
+        return run_cli(*cmd)
 
     return run
 
@@ -81,21 +71,13 @@ def test_an_unexpected_crash_shows_no_token(consul_server, consul_prefix, tmp_pa
     import os
 
     env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "consulresults",
-            "ls",
-            "--backend-url",
-            backend_url(consul_server, consul_prefix),
-            "--token",
-            "leaky-token-4b1d",
-        ],
-        capture_output=True,
-        text=True,
+    result = run_cli(
+        "ls",
+        "--backend-url",
+        backend_url(consul_server, consul_prefix),
+        "--token",
+        "leaky-token-4b1d",
         env=env,
-        timeout=60,
     )
     assert result.returncode == 1
     assert "simulated bug" in result.stderr

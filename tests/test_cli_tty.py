@@ -7,13 +7,12 @@ import os
 import select
 import struct
 import subprocess
-import sys
 import termios
 import time
 
 import pytest
 from celery import states
-from conftest import backend_url
+from conftest import CONSUL_RESULTS, backend_url
 
 
 def run_in_pty(
@@ -27,7 +26,7 @@ def run_in_pty(
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     process = subprocess.Popen(
-        [sys.executable, "-m", "consulresults", *args],
+        [*CONSUL_RESULTS, *args],
         stdin=slave,
         stdout=slave,
         stderr=slave,

@@ -5,11 +5,9 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 
 import pytest
-from conftest import Api
+from conftest import Api, run_cli
 
 from consulresults.devserver import DevServerProcess
 from consulresults.pytest_plugin import REAL_AGENT_SKIP, external_consul
@@ -30,12 +28,7 @@ def test_busy_port_is_refused_with_one_clear_line():
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = subprocess.run(
-            [sys.executable, "-m", "consulresults", "dev-server", "--port", str(port)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        result = run_cli("dev-server", "--port", str(port), timeout=30)
     assert result.returncode == 1
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
@@ -43,27 +36,6 @@ def test_busy_port_is_refused_with_one_clear_line():
         f"consul-results: cannot listen on 127.0.0.1:{port}: address already in "
         "use (choose another --port, or --port 0 for a free one)"
     ]
-
-
-@pytest.mark.parametrize(
-    "args,message",
-    [
-        (["--session-ttl-min", "10"], 'invalid duration "10"'),
-        (["--acl-token", "no-equals"], "--acl-token must look like SECRET=RULES"),
-        (["--acl-token", "t={bad"], "ACL rules are not valid JSON"),
-        (["--acl-default-policy", "maybe"], "default policy must be 'allow' or 'deny'"),
-    ],
-)
-def test_bad_options_are_one_line_usage_errors(args, message):
-    result = subprocess.run(
-        [sys.executable, "-m", "consulresults", "dev-server", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode == 2
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert message in result.stderr
 
 
 def test_data_dir_survives_sigkill_with_kv_sessions_and_indexes(tmp_path):

@@ -5,12 +5,12 @@ and what to do; no traceback, nothing written, and never the token."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from celery import Celery
 from celery.exceptions import ImproperlyConfigured
+from conftest import run_cli
 
 from consulresults.devserver import DevServerProcess
 from consulresults.pytest_plugin import REAL_AGENT_SKIP, external_consul
@@ -31,14 +31,7 @@ def files(tmp_path_factory):
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "consulresults", *args],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin", **(env or {})},
-    )
+    return run_cli(*args, env={"PATH": "/usr/bin:/bin", **(env or {})})
 
 
 BACKEND = "consul-results: consulresults backend: "
@@ -258,6 +251,24 @@ CLI_CASES = [  # (arguments, environment, exit status, the start of the one erro
         {},
         2,
         "consul-results: cannot use --data-dir /proc/version/state",
+    ),
+    (
+        ["dev-server", "--session-ttl-min", "10"],
+        {},
+        2,
+        'consul-results: invalid dev-server option: time: invalid duration "10"',
+    ),
+    (
+        ["dev-server", "--acl-token", "t=[bad"],
+        {},
+        2,
+        "consul-results: invalid dev-server option: ACL rules are not valid JSON",
+    ),
+    (
+        ["dev-server", "--acl-default-policy", "maybe"],
+        {},
+        2,
+        "consul-results: invalid dev-server option: ACL default policy must be 'allow' or 'deny'",
     ),
 ]
 

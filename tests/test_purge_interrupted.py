@@ -22,6 +22,7 @@ from consulresults.devserver import DevServerProcess, FaultRule
 from consulresults.pytest_plugin import REAL_AGENT_SKIP, external_consul
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from conftest import CONSUL_RESULTS
 from seed import seed
 
 pytestmark = pytest.mark.skipif(external_consul() is not None, reason=REAL_AGENT_SKIP)
@@ -58,9 +59,7 @@ def _by_kind(keys: list[str]) -> dict[str, list[str]]:
 def _purge(server) -> subprocess.Popen:
     return subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "consulresults",
+            *CONSUL_RESULTS,
             "purge",
             "--http-addr",
             server.address,

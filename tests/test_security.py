@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 from celery import states
-from conftest import celery_worker
+from conftest import celery_worker, run_cli
 
 from consulresults.devserver import DevServerProcess
 from consulresults.pytest_plugin import REAL_AGENT_SKIP, external_consul
@@ -38,22 +37,7 @@ def acl_server(tmp_path_factory):
 
 
 def cli(server, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "consulresults",
-            *args,
-            "--http-addr",
-            server.address,
-            "--token",
-            SECRET,
-        ],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=120,
-    )
+    return run_cli(*args, "--http-addr", server.address, "--token", SECRET)
 
 
 def test_worker_at_debug_works_inside_the_prefix_and_never_logs_the_token(acl_server, tmp_path):
