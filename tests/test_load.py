@@ -21,6 +21,7 @@ import time
 import traceback
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,68 +31,67 @@ from conftest import backend_url, celery_worker
 SPAWN = multiprocessing.get_context("spawn")
 
 
-def _client_process(url, token, proc, procs, threads, per_thread, increments, barrier, out):
-    """One client process: ``threads`` threads sharing one backend, as prefork children do."""
+def _backend(url: str, token: str | None):
+    """The backend of a client process, shared by its threads as a prefork child's is."""
     app = Celery("load", set_as_current=False)
     app.conf.update(result_backend=url, consulresults_token=token, result_expires=3600)
-    backend = app.backend
+    return app.backend
+
+
+def _in_threads(work: Callable[[int], None], threads: int) -> list[str]:
+    """Run ``work(0..threads-1)`` in as many threads; the tracebacks of those that raised."""
+    errors: list[str] = []
+
+    def run(t: int) -> None:
+        try:
+            work(t)
+        except Exception:
+            errors.append(traceback.format_exc())
+
+    workers = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return errors
+
+
+def _client_process(url, token, proc, procs, threads, per_thread, increments, barrier, out):
+    """One client process: ``threads`` threads storing, racing, reading and counting."""
+    backend = _backend(url, token)
     counter = backend.get_key_for_chord("load-counter")
-    report = {"errors": [], "counts": [], "early_reads": Counter()}
-    lock = threading.Lock()
+    counts, early_reads, lock = [], Counter(), threading.Lock()
 
     def thread(t: int) -> None:
         mine = [f"load-{proc}-{t}-{i}" for i in range(per_thread)]
         theirs = [f"load-{(proc + 1) % procs}-{t}-{i}" for i in range(per_thread)]
-        counts, seen = [], Counter()
-        try:
-            barrier.wait(timeout=120)
-            for i in range(per_thread):
-                backend.store_result(mine[i], [proc, t, i], states.SUCCESS)
-                backend.store_result(theirs[i], None, states.STARTED)  # races their SUCCESS
-                seen[backend.get_task_meta(theirs[i], cache=False)["status"]] += 1
-                if i < increments:
-                    counts.append(backend.incr(counter))
-            back = dict(backend.get_many(mine, timeout=60))
-            wrong = [i for i, tid in enumerate(mine) if back[tid]["result"] != [proc, t, i]]
-            assert not wrong, f"{len(wrong)} of my own results read back wrong"
-        except Exception:
+        barrier.wait(timeout=120)
+        for i in range(per_thread):
+            backend.store_result(mine[i], [proc, t, i], states.SUCCESS)
+            backend.store_result(theirs[i], None, states.STARTED)  # races their SUCCESS
+            status = backend.get_task_meta(theirs[i], cache=False)["status"]
+            count = backend.incr(counter) if i < increments else None
             with lock:
-                report["errors"].append(traceback.format_exc())
-        with lock:
-            report["counts"] += counts
-            report["early_reads"].update(seen)
+                early_reads[status] += 1
+                counts.extend([] if count is None else [count])
+        back = dict(backend.get_many(mine, timeout=60))
+        wrong = [i for i, tid in enumerate(mine) if back[tid]["result"] != [proc, t, i]]
+        assert not wrong, f"{len(wrong)} of my own results read back wrong"
 
-    workers = [threading.Thread(target=thread, args=(t,)) for t in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    out.put(report)
+    errors = _in_threads(thread, threads)
+    out.put({"errors": errors, "counts": counts, "early_reads": early_reads})
 
 
 def _chord_parts_process(url, token, key, threads, barrier, out):
     """``threads`` chord parts that all finish at the barrier: one increment each."""
-    app = Celery("parts", set_as_current=False)
-    app.conf.update(result_backend=url, consulresults_token=token, result_expires=3600)
-    backend = app.backend
-    counts, errors, lock = [], [], threading.Lock()
+    backend = _backend(url, token)
+    counts: list[int] = []
 
-    def part() -> None:
-        try:
-            barrier.wait(timeout=120)
-            count = backend.incr(key)
-        except Exception:
-            with lock:
-                errors.append(traceback.format_exc())
-            return
-        with lock:
-            counts.append(count)
+    def part(_: int) -> None:
+        barrier.wait(timeout=120)
+        counts.append(backend.incr(key))
 
-    workers = [threading.Thread(target=part) for _ in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
+    errors = _in_threads(part, threads)
     out.put({"errors": errors, "counts": counts})
 
 
