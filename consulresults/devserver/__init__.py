@@ -7,13 +7,27 @@ nothing from the rest of :mod:`consulresults`.
 
 from .acl import AclConfig, AclRuleError
 from .faults import FaultInjector, FaultRule
+from .options import (
+    DevServerOptions,
+    ListenError,
+    OptionError,
+    announce_listening,
+    build_server,
+    run,
+)
 from .server import DevServer, DevServerProcess
 
 __all__ = [
     "AclConfig",
     "AclRuleError",
     "DevServer",
+    "DevServerOptions",
     "DevServerProcess",
     "FaultInjector",
     "FaultRule",
+    "ListenError",
+    "OptionError",
+    "announce_listening",
+    "build_server",
+    "run",
 ]

@@ -19,7 +19,6 @@ from dataclasses import asdict
 
 from aiohttp import web
 
-from ..tlsfiles import load_error
 from .acl import AclConfig
 from .api import VERSION, ConsulApi, Counters, ServerConfig
 from .durations import parse_go_duration
@@ -241,16 +240,28 @@ def _server_ssl_context(cert: str | None, key: str | None, ca: str | None) -> ss
         context.load_cert_chain(cert, key)
     except OSError as exc:  # ssl.SSLError included
         raise ValueError(
-            f"cannot load --tls-cert {cert} / --tls-key {key}: {load_error(exc)} (expect PEM "
+            f"cannot load --tls-cert {cert} / --tls-key {key}: {_load_error(exc)} (expect PEM "
             "files: the certificate and its unencrypted private key)"
         ) from None
     if ca:
         try:
             context.load_verify_locations(ca)
         except OSError as exc:
-            raise ValueError(f"cannot load --tls-ca {ca}: {load_error(exc)}") from None
+            raise ValueError(f"cannot load --tls-ca {ca}: {_load_error(exc)}") from None
         context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+def _load_error(exc: OSError) -> str:
+    """Why a certificate or key file could not be loaded, in words a user can act on: OpenSSL's
+    own text (``[SSL] PEM lib (_ssl.c:3905)``) says nothing about what is wrong with the file.
+
+    The client side has its own copy, as the dev server imports nothing from the rest of
+    :mod:`consulresults`.
+    """
+    if isinstance(exc, ssl.SSLError):
+        return (exc.reason or "not PEM, or the key does not match").replace("_", " ").lower()
+    return (exc.strerror or type(exc).__name__).lower()
 
 
 class RemoteFaults(FaultInjector):
