@@ -14,17 +14,38 @@ import json
 import os
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import consul.base
 import requests
 from requests.adapters import HTTPAdapter
 
 from .settings import ConsulSettings, SettingsError
-from .tlsfiles import load_error
 
 POOL_SIZE = 32
+
+
+class ConsulError(consul.base.ConsulException):
+    """An answer from Consul that is not what the request expected, with its HTTP status.
+
+    A subclass of python-consul2's exception, so code written against it keeps working.
+    """
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(f"{status} {text}")
+        self.status = status
+        self.text = text
+
+    @property
+    def transient(self) -> bool:
+        """Worth trying again: rate limited (429), or the servers are busy or leaderless (5xx)."""
+        return self.status == 429 or 500 <= self.status < 600
+
+
+class PermissionDenied(ConsulError, consul.base.ACLPermissionDenied):
+    """The ACL token may not do this (a 403, or a "Permission denied" operation in a txn)."""
 
 
 class ConsulTimeout(requests.Timeout):
@@ -32,13 +53,47 @@ class ConsulTimeout(requests.Timeout):
     (requests' own message names only a connection pool)."""
 
 
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failure may go away by itself: a lost connection, a time-out, a 429 or 5xx.
+    Every retry decision in the package asks this one question."""
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
+        return True
+    return isinstance(exc, ConsulError) and exc.transient
+
+
 @dataclass
-class RawResponse:
-    """Status, headers and decoded JSON (or None) of one Consul answer."""
+class Response:
+    """Status, headers and decoded JSON (or the text, or None) of one Consul answer."""
 
     status: int
-    headers: dict
-    body: object
+    headers: Mapping[str, str]
+    body: Any
+
+    @property
+    def index(self) -> int:
+        """``X-Consul-Index``: what a blocking query waits past."""
+        return int(self.headers.get("X-Consul-Index", 0))
+
+
+@dataclass
+class TxnAnswer:
+    """A ``/v1/txn`` answer: ``results`` when it applied, else the operations' ``errors``."""
+
+    results: list[dict] | None
+    errors: list[dict]
+
+    @property
+    def applied(self) -> bool:
+        return self.results is not None
+
+
+def error_for(response: Response) -> ConsulError:
+    """The exception for an answer the caller did not expect."""
+    body = response.body
+    text = body if isinstance(body, str) else json.dumps(body)
+    if response.status == 403:
+        return PermissionDenied(403, text)
+    return ConsulError(response.status, text)
 
 
 class _Adapter(HTTPAdapter):
@@ -57,6 +112,14 @@ class _Adapter(HTTPAdapter):
         super().init_poolmanager(*args, **kwargs)
 
 
+def _load_error(exc: OSError) -> str:
+    """Why a certificate or key file could not be loaded, in words a user can act on (OpenSSL's
+    own text, ``[SSL] PEM lib (_ssl.c:3905)``, says nothing about what is wrong with the file)."""
+    if isinstance(exc, ssl.SSLError):
+        return (exc.reason or "not PEM, or the key does not match").replace("_", " ").lower()
+    return (exc.strerror or type(exc).__name__).lower()
+
+
 def check_tls_files(settings: ConsulSettings) -> None:
     """Load the CA and client certificate now, so a wrong path or a file that is not PEM is one
     clear error at start-up rather than an OSError from deep inside the first request."""
@@ -68,7 +131,7 @@ def check_tls_files(settings: ConsulSettings) -> None:
             context.load_verify_locations(cafile=settings.ca_file)
         except OSError as exc:  # ssl.SSLError is one
             raise SettingsError(
-                f"cannot use the CA file {settings.ca_file}: {load_error(exc)} "
+                f"cannot use the CA file {settings.ca_file}: {_load_error(exc)} "
                 "(expect a PEM file with the CA certificate)"
             ) from None
     if settings.client_cert:
@@ -78,7 +141,7 @@ def check_tls_files(settings: ConsulSettings) -> None:
             key = f" with key {settings.client_key}" if settings.client_key else ""
             raise SettingsError(
                 f"cannot use the client certificate {settings.client_cert}{key}: "
-                f"{load_error(exc)} (expect PEM files: the certificate and its unencrypted key)"
+                f"{_load_error(exc)} (expect PEM files: the certificate and its unencrypted key)"
             ) from None
 
 
@@ -95,6 +158,7 @@ class Transport(consul.base.HTTPClient):
         self.base_uri = settings.base_url
         self._token = token
         self._datacenter = settings.datacenter
+        self.consistency = settings.consistency
         self._tls_server_name = settings.tls_server_name
         self._lock = threading.Lock()
         self._pid = -1
@@ -165,20 +229,44 @@ class Transport(consul.base.HTTPClient):
     def post(self, callback, path, params=None, headers=None, data=""):
         return self._send("POST", callback, path, params, data, headers)
 
-    def raw(
-        self, method: str, path: str, params=None, body: object = None, timeout: float | None = None
-    ) -> RawResponse:
-        """A request whose status the caller interprets (txn 409s, blocking reads)."""
+    def request(
+        self,
+        method: str,
+        path: str,
+        params: list[tuple[str, str]] | None = None,
+        body: object = None,
+        timeout: float | None = None,
+        expect: tuple[int, ...] = (200,),
+    ) -> Response:
+        """One request; an answer whose status is not in ``expect`` raises :class:`ConsulError`."""
         data = None if body is None else json.dumps(body)
+        params = list(params or [])
+        if method == "GET" and path.startswith("/v1/kv/") and self.consistency != "default":
+            params.append((self.consistency, "1"))
 
-        def callback(response):
+        def decoded(answer: consul.base.Response) -> Response:
             try:
-                decoded = json.loads(response.body) if response.body else None
+                value = json.loads(answer.body) if answer.body else None
             except ValueError:
-                decoded = response.body
-            return RawResponse(response.code, response.headers, decoded)
+                value = answer.body
+            return Response(answer.code, answer.headers, value)
 
-        return self._send(method, callback, path, params, data, timeout=timeout)
+        response = self._send(method, decoded, path, params, data, timeout=timeout)
+        if response.status not in expect:
+            raise error_for(response)
+        return response
+
+    def txn(self, ops: list[dict]) -> TxnAnswer:
+        """Apply ``ops`` atomically. A 409 is an answer (the checks failed), unless an operation
+        was denied by the ACLs: Consul reports that inside the 409 too, and it is no conflict."""
+        response = self.request("PUT", "/v1/txn", body=ops, expect=(200, 409))
+        if response.status == 200:
+            return TxnAnswer(response.body["Results"] or [], [])
+        errors = response.body["Errors"] if isinstance(response.body, dict) else []
+        for error in errors:
+            if error["What"].startswith("Permission denied"):
+                raise PermissionDenied(403, error["What"])
+        return TxnAnswer(None, errors)
 
 
 class ConsulClient(consul.base.Consul):
@@ -188,14 +276,12 @@ class ConsulClient(consul.base.Consul):
     ``CONSUL_HTTP_TOKEN`` and lets them override explicit arguments.
     """
 
-    def __init__(self, settings: ConsulSettings) -> None:
-        token = settings.resolved_token()
-        self.settings = settings
-        self.http = Transport(settings, token)
+    def __init__(self, transport: Transport) -> None:
+        self.http = transport
         self.token = None  # the transport adds it as a header to every request
-        self.scheme = settings.scheme
+        self.scheme = transport.scheme
         self.dc = None  # the transport adds ``dc`` to every request
-        self.consistency = settings.consistency
+        self.consistency = transport.consistency
         self.kv = consul.base.Consul.KV(self)
         self.session = consul.base.Consul.Session(self)
         self.txn = consul.base.Consul.Txn(self)
@@ -203,5 +289,6 @@ class ConsulClient(consul.base.Consul):
         self.agent = consul.base.Consul.Agent(self)
 
 
-def connect(settings: ConsulSettings) -> ConsulClient:
-    return ConsulClient(settings)
+def connect(settings: ConsulSettings) -> Transport:
+    """The transport for ``settings``: the token is read (and checked) here, once."""
+    return Transport(settings, settings.resolved_token())

@@ -1,5 +1,6 @@
 """How the CLI shows things: data on stdout (a table on a terminal, or json/ndjson/tsv/ids for
-scripts), everything else on stderr, colour only when wanted (``NO_COLOR`` is respected)."""
+scripts), everything else on stderr, colour only when wanted (``NO_COLOR`` is respected); and the
+rows each command prints, shaped from what the operations return."""
 
 from __future__ import annotations
 
@@ -8,11 +9,18 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
+if TYPE_CHECKING:
+    from .operations import PurgeReport, StoredResult
+
 FORMATS = ("table", "json", "ndjson", "tsv", "ids")
+LS_COLUMNS = ("id", "state", "task", "date_done", "expires", "session", "bytes")
+SESSION_COLUMNS = ("id", "name", "ttl", "behavior", "node", "checks", "held")
+DETAIL_FIELDS = ("name", "args", "kwargs", "worker", "retries", "queue")
 
 
 def stdout_console() -> Console:
@@ -90,3 +98,135 @@ def default_format(requested: str | None) -> str:
     if requested:
         return requested
     return "table" if sys.stdout.isatty() else "tsv"
+
+
+# ---------------------------------------------------------------------- rows
+
+
+def result_row(result: StoredResult) -> dict:
+    """One result as the row ``ls`` prints."""
+    return {
+        "id": result.id,
+        "state": result.state,
+        "task": result.task_name,
+        "date_done": iso(result.done_at),
+        "expires": iso(result.expires_at),
+        "session": result.session or None,
+        "bytes": result.size,
+    }
+
+
+def result_detail(result: StoredResult) -> dict:
+    """What ``get`` shows: the Celery meta, decoded, plus extended fields when stored."""
+    meta = result.meta or {}
+    detail = {
+        "id": result.id,
+        "state": result.state,
+        "result": jsonable(meta.get("result")),
+        "date_done": meta.get("date_done"),
+        "children": jsonable(meta.get("children")),
+        "traceback": meta.get("traceback"),
+    }
+    for name in DETAIL_FIELDS:
+        if name in meta:
+            detail[name] = jsonable(meta[name])
+    if result.error:
+        detail["error"] = result.error
+    return detail
+
+
+def jsonable(value: object) -> object:
+    """A decoded value as JSON can carry it; an exception as ``Type: message``."""
+    if isinstance(value, BaseException):
+        return f"{type(value).__name__}: {value}"
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return repr(value)
+
+
+def inspection(found: StoredResult, session: dict | None) -> dict:
+    """What ``inspect`` shows: where a result lives in Consul and when it should go."""
+    row = {
+        "id": found.id,
+        "key": found.key,
+        "state": found.state,
+        "create_index": found.create_index,
+        "modify_index": found.modify_index,
+        "lock_index": found.lock_index,
+        "flags": found.flags,
+        "expires_recorded": iso(found.expires_at),
+        "session": found.session or None,
+        "bytes": found.size,
+    }
+    if session:
+        ttl = session.get("TTL") or ""
+        row.update(
+            session_ttl=ttl or None,
+            session_behavior=session.get("Behavior"),
+            session_node=session.get("Node"),
+            session_checks=session.get("NodeChecks") or [],
+        )
+        row["expected_expiry"] = (
+            f"between TTL and 2xTTL after the session's last renewal (TTL {ttl})"
+            if ttl
+            else "never (no TTL)"
+        )
+    elif found.session:
+        row["expected_expiry"] = "its session is gone: the result should be gone too"
+    else:
+        row["expected_expiry"] = (
+            f"removed by cleanup/purge --expired after {iso(found.expires_at)}"
+            if found.flags
+            else "never (no expiry recorded)"
+        )
+    return row
+
+
+def session_row(session: dict) -> dict:
+    """One session as ``sessions ls``/``show`` print it."""
+    return {
+        "id": session["ID"],
+        "name": session.get("Name") or None,
+        "ttl": session.get("TTL") or None,
+        "behavior": session.get("Behavior"),
+        "node": session.get("Node"),
+        "checks": session.get("NodeChecks") or [],
+        "held": session.get("Held", 0),
+    }
+
+
+def stats_mapping(data: dict) -> dict:
+    """``stats`` with its times as ISO 8601."""
+    return {**data, "oldest": iso(data["oldest"]), "newest": iso(data["newest"])}
+
+
+def purge_summary(report: PurgeReport, as_json: bool, complete: bool = True) -> str:
+    """What a deletion did, as one line (or JSON). A run that stopped early says so, and how
+    many deletions were sent without an answer (``in_doubt``: each may or may not have
+    happened)."""
+    if as_json:
+        return json.dumps(
+            {
+                "matched": report.matched,
+                "deleted": report.deleted,
+                "skipped": report.skipped,
+                "failed": report.failed,
+                "dry_run": report.dry_run,
+                "complete": complete,
+                "in_doubt": report.in_flight,
+            }
+        )
+    verb = "would delete" if report.dry_run else "deleted"
+    count = report.matched if report.dry_run else report.deleted
+    line = (
+        f"matched {report.matched}, {verb} {count}, skipped {report.skipped} "
+        f"(changed meanwhile), failed {report.failed}"
+    )
+    if not complete:
+        doubt = f", {report.in_flight} more sent without an answer" if report.in_flight else ""
+        line += f"; stopped early{doubt}: run the same command again to finish"
+    return line

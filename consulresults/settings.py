@@ -13,26 +13,12 @@ surprise cannot happen. Errors are one line and never contain the token.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 DEFAULT_PORT = 8500
 CONSISTENCY_MODES = ("default", "consistent", "stale")
-URL_OPTIONS = {
-    "scheme",
-    "token_file",
-    "ca_file",
-    "client_cert",
-    "client_key",
-    "tls_server_name",
-    "verify",
-    "datacenter",
-    "dc",
-    "consistency",
-    "timeout",
-    "session_window",
-}
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -207,36 +193,20 @@ def from_url(url: str, source: str = "result_backend URL") -> dict:
         found.update(parse_address(netloc, source))
     found["prefix"] = normalize_prefix(unquote(parts.path))
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        name = URL_ALIASES.get(name, name)
         if name not in URL_OPTIONS:
-            raise SettingsError(
-                f"{source}: unknown option {name!r} (known: {', '.join(sorted(URL_OPTIONS))})"
-            )
-        found.update(coerce_option("datacenter" if name == "dc" else name, value, source))
+            known = sorted([*URL_OPTIONS, *URL_ALIASES])
+            raise SettingsError(f"{source}: unknown option {name!r} (known: {', '.join(known)})")
+        found.update(coerce_option(name, value, source))
     return found
 
 
 def coerce_option(name: str, value: object, source: str) -> dict:
-    """Validate one named option from a URL query or a Celery setting."""
-    where = f"{source} option {name}"
-    if name == "address":
-        return parse_address(str(value), where)
-    if name == "scheme":
-        if value not in ("http", "https"):
-            raise SettingsError(f"{where}: must be http or https, not {value!r}")
-        return {"scheme": value}
-    if name == "verify":
-        return {"verify": parse_bool(value, where)}
-    if name == "consistency":
-        if value not in CONSISTENCY_MODES:
-            raise SettingsError(f"{where}: must be one of {', '.join(CONSISTENCY_MODES)}")
-        return {"consistency": value}
-    if name in ("timeout", "session_window"):
-        return {name: parse_seconds(value, where)}
-    if name == "port":
-        return {"port": parse_port(str(value), where)}
-    if name == "prefix":
-        return {"prefix": normalize_prefix(str(value))}
-    return {name: str(value) if value is not None else None}
+    """Validate one named option from a URL query, a Celery setting or a CLI flag."""
+    option = OPTIONS.get(name)
+    if option is None:
+        raise SettingsError(f"unknown Consul setting {name!r}")
+    return option.parse(value, f"{source} option {name}")
 
 
 def normalize_prefix(path: str) -> str:
@@ -262,8 +232,118 @@ def resolve(
     for name, value in (explicit or {}).items():
         if value is not None:
             merged.update(coerce_option(name, value, "setting"))
-    known = {f.name for f in fields(ConsulSettings)}
-    unknown = set(merged) - known
-    if unknown:
-        raise SettingsError(f"unknown Consul setting(s): {', '.join(sorted(unknown))}")
     return replace(ConsulSettings(), **merged)
+
+
+def _text(name: str) -> Callable[[object, str], dict]:
+    return lambda value, where: {name: None if value is None else str(value)}
+
+
+def _choice(name: str, choices: tuple[str, ...]) -> Callable[[object, str], dict]:
+    def parse(value: object, where: str) -> dict:
+        if value not in choices:
+            allowed = " or ".join(choices) if len(choices) == 2 else f"one of {', '.join(choices)}"
+            raise SettingsError(f"{where}: must be {allowed}, not {value!r}")
+        return {name: value}
+
+    return parse
+
+
+def _seconds(name: str) -> Callable[[object, str], dict]:
+    return lambda value, where: {name: parse_seconds(value, where)}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One connection setting: its parser, whether a URL query may carry it, and its CLI flag.
+
+    The URL options, the ``consulresults_<name>`` Celery settings and the CLI's connection flags
+    are all read off :data:`OPTIONS`, so a new setting is added in one place.
+    """
+
+    name: str
+    parse: Callable[[object, str], dict]
+    in_url: bool = True
+    flag: str | None = None
+    metavar: str = ""
+    help: str = ""
+
+
+OPTIONS: dict[str, Option] = {
+    option.name: option
+    for option in (
+        Option(
+            "address",
+            lambda value, where: parse_address(str(value), where),
+            in_url=False,
+            flag="--http-addr",
+            metavar="ADDR",
+            help="Consul address, as CONSUL_HTTP_ADDR: host:port or http(s)://host:port.",
+        ),
+        Option(
+            "prefix",
+            lambda value, where: {"prefix": normalize_prefix(str(value))},
+            in_url=False,
+            flag="--prefix",
+            metavar="PREFIX",
+            help="KV prefix of the results (overrides the URL's path).",
+        ),
+        Option(
+            "token",
+            _text("token"),
+            in_url=False,
+            flag="--token",
+            metavar="TOKEN",
+            help="ACL token (prefer --token-file or CONSUL_HTTP_TOKEN_FILE: flags show in ps).",
+        ),
+        Option(
+            "token_file",
+            _text("token_file"),
+            flag="--token-file",
+            metavar="FILE",
+            help="File holding the ACL token.",
+        ),
+        Option("scheme", _choice("scheme", ("http", "https"))),
+        Option(
+            "ca_file",
+            _text("ca_file"),
+            flag="--ca-file",
+            metavar="FILE",
+            help="CA to verify Consul's TLS.",
+        ),
+        Option(
+            "client_cert",
+            _text("client_cert"),
+            flag="--client-cert",
+            metavar="FILE",
+            help="TLS client certificate.",
+        ),
+        Option(
+            "client_key",
+            _text("client_key"),
+            flag="--client-key",
+            metavar="FILE",
+            help="TLS client key.",
+        ),
+        Option(
+            "tls_server_name",
+            _text("tls_server_name"),
+            flag="--tls-server-name",
+            metavar="NAME",
+            help="Name to expect in Consul's certificate (and to send as SNI).",
+        ),
+        Option("verify", lambda value, where: {"verify": parse_bool(value, where)}),
+        Option(
+            "datacenter",
+            _text("datacenter"),
+            flag="--datacenter",
+            metavar="DC",
+            help="Datacenter to query.",
+        ),
+        Option("consistency", _choice("consistency", CONSISTENCY_MODES)),
+        Option("timeout", _seconds("timeout")),
+        Option("session_window", _seconds("session_window")),
+    )
+}
+URL_OPTIONS = frozenset(name for name, option in OPTIONS.items() if option.in_url)
+URL_ALIASES = {"dc": "datacenter"}

@@ -15,7 +15,9 @@ from celery import states
 from celery.exceptions import BackendStoreError, ImproperlyConfigured, TimeoutError
 from conftest import backend_url
 
-from consulresults.backend import ConsulBackend, ExpiryPlan
+from consulresults.backend import ConsulBackend
+from consulresults.connection import ConsulError, PermissionDenied
+from consulresults.expiry import ExpiryPlan
 
 
 def raw_entry(server, key: str) -> dict | None:
@@ -313,7 +315,7 @@ def test_mget_falls_back_on_servers_before_consul_1_14(consul_dev_server_factory
     values = backend.mget([backend.get_key_for_task(i) for i in ids])
     assert values[0] is not None
     assert values[1:] == [None] * 200
-    assert backend._txn_ops == 64
+    assert backend.store.txn_ops == 64
 
 
 def test_groups_save_restore_delete(make_app):
@@ -382,9 +384,10 @@ def test_exception_safe_to_retry_and_always_retry(make_app, consul_server, built
         result_backend_always_retry=True, result_backend_base_sleep_between_retries_ms=1
     ).backend
     assert backend.exception_safe_to_retry(requests.ConnectionError())
-    assert backend.exception_safe_to_retry(consul.base.ConsulException("500 No cluster leader"))
-    assert backend.exception_safe_to_retry(consul.base.ConsulException("429 "))
-    assert not backend.exception_safe_to_retry(consul.base.ACLPermissionDenied("403"))
+    assert backend.exception_safe_to_retry(ConsulError(500, "No cluster leader"))
+    assert backend.exception_safe_to_retry(ConsulError(429, ""))
+    assert not backend.exception_safe_to_retry(ConsulError(404, ""))
+    assert not backend.exception_safe_to_retry(PermissionDenied(403, "Permission denied"))
     assert not builtin_backend.exception_safe_to_retry(requests.ConnectionError())
     consul_server.faults.fail_next(3, status=500, body="No cluster leader")
     backend.store_result("retried", 7, states.SUCCESS)

@@ -76,7 +76,7 @@ def test_ten_kilobyte_task_id(make_app):
     backend = make_app().backend
     task_id = "ü/.." * 2_500
     backend.store_result(task_id, 1, states.SUCCESS)
-    assert backend.fetch(task_id).id == task_id
+    assert backend.operations().fetch(task_id).id == task_id
 
 
 @pytest.mark.parametrize("size", [524_288 + 1, 50 * 1024 * 1024])

@@ -22,7 +22,7 @@ def backend(make_app):
 
 
 def ids(backend) -> set[str]:
-    return {r.id for r in backend.iter_results()}
+    return {r.id for r in backend.operations().iter_results()}
 
 
 def test_without_a_terminal_yes_is_required(cli, backend):
@@ -92,12 +92,12 @@ def test_purge_never_touches_other_prefixes_or_foreign_keys(cli, backend, api, c
 def test_expire_and_sessions_expire_and_gc(cli, backend, api):
     assert cli("expire", "ok-0", "--yes").stdout == "expired 1 of 1\n"
     assert "ok-0" not in ids(backend)
-    session = backend.fetch("ok-1").session
+    session = backend.operations().fetch("ok-1").session
     result = cli("sessions", "expire", session, "--yes")
     assert result.exit_code == 0
     assert result.stdout == "expired 1 session(s) holding 5 key(s)\n"
     assert ids(backend) == set()
-    from consulresults.backend import made_for, session_name
+    from consulresults.expiry import made_for, session_name
 
     name = session_name(backend.prefix)
     assert made_for(name, backend.prefix)
@@ -142,16 +142,16 @@ def test_include_unreadable_deletes_garbage_only_when_asked(cli, backend, api, c
 def test_rm_removes_a_session_left_holding_nothing(cli, make_app, api):
     lone = make_app(result_expires=120).backend  # its own TTL, so its own session
     lone.store_result("alone", 1, states.SUCCESS)
-    session = lone.fetch("alone").session
+    session = lone.operations().fetch("alone").session
     assert cli("rm", "alone", "--yes").exit_code == 0
     assert api.get(f"/v1/session/info/{session}").json() == []
 
 
 def test_rm_keeps_a_session_that_still_holds_results(cli, backend, api):
-    session = backend.fetch("ok-0").session
+    session = backend.operations().fetch("ok-0").session
     assert cli("rm", "ok-0", "--yes").exit_code == 0
     assert api.get(f"/v1/session/info/{session}").json() != []
-    assert backend.fetch("ok-1") is not None
+    assert backend.operations().fetch("ok-1") is not None
 
 
 def test_gc_never_destroys_sessions_of_another_prefix(
@@ -166,8 +166,8 @@ def test_gc_never_destroys_sessions_of_another_prefix(
         result_expires=3600,
     )
     other.backend.store_result("far", 1, states.SUCCESS)
-    far_session = other.backend.fetch("far").session
+    far_session = other.backend.operations().fetch("far").session
     assert cli("sessions", "gc", "--yes").exit_code == 0
     assert api.get(f"/v1/session/info/{far_session}").json() != []
-    assert other.backend.fetch("far") is not None
+    assert other.backend.operations().fetch("far") is not None
     other.backend.forget("far")

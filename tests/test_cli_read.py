@@ -277,3 +277,45 @@ def test_version_and_not_found_as_subprocesses(consul_server, consul_prefix):
     assert missing.returncode == 3
     assert missing.stdout == ""
     assert "no result for task absent-id" in missing.stderr
+
+
+@pytest.mark.parametrize("serializer", ["json", "msgpack", "yaml"])
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_every_serializer_decodes_without_an_app(cli, make_app, serializer, compression):
+    """Without -A the CLI reads json, msgpack and yaml (compressed or not) by itself, and shows
+    a stored exception as Celery would: its type's name and its message."""
+    backend = make_app(
+        result_serializer=serializer,
+        result_accept_content=[serializer],
+        result_compression=compression,
+    ).backend
+    backend.store_result("value", {"n": [1, 2]}, states.SUCCESS)
+    backend.store_result("error", ValueError("bad input"), states.FAILURE)
+    rows = {r["id"]: r for r in json.loads(cli("get", "value", "error", "-o", "json").stdout)}
+    assert rows["value"]["result"] == {"n": [1, 2]}
+    assert rows["error"]["state"] == "FAILURE"
+    assert rows["error"]["result"] == "ValueError: bad input"
+
+
+def test_a_command_without_an_app_never_imports_celery(consul_server, consul_prefix, make_app):
+    """Celery is imported only for -A: that is most of a command's start-up time."""
+    make_app().backend.store_result("quick", 42, states.SUCCESS)
+    probe = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('celery imported:', 'celery' in sys.modules, "
+        "file=sys.stderr))\n"
+        "from consulresults.cli import main\n"
+        "main()\n"
+    )
+    args = ["get", "quick", "--backend-url", backend_url(consul_server, consul_prefix)]
+    if consul_server.token:
+        args += ["--token", consul_server.token]
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    assert "42" in run.stdout
+    assert "celery imported: False" in run.stderr

@@ -14,7 +14,7 @@ def run(consul_server, consul_prefix, make_app):
     backend = make_app().backend
     backend.store_result("sp-ok", 1, states.SUCCESS)
     backend.store_result("sp-gone", 2, states.SUCCESS)
-    session = backend.fetch("sp-ok").session
+    session = backend.operations().fetch("sp-ok").session
 
     def run(*args: str) -> subprocess.CompletedProcess:
         args = [a.replace("SESSION", session) for a in args]
@@ -63,10 +63,10 @@ def test_command_exit_status_when_piped(run, args, code):
 def test_an_unexpected_crash_shows_no_token(consul_server, consul_prefix, tmp_path):
     """A bug's traceback must not carry the token either (Typer shows locals by default)."""
     (tmp_path / "sitecustomize.py").write_text(
-        "import consulresults.backend as b\n"
+        "import consulresults.operations as b\n"
         "def boom(self, *a, **k):\n"
         "    raise RuntimeError('simulated bug')\n"
-        "b.ConsulBackend.iter_results = boom\n"
+        "b.ResultOperations.iter_results = boom\n"
     )
     import os
 

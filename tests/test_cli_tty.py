@@ -83,11 +83,11 @@ def test_rm_asks_and_no_keeps_everything(url, make_app):
     code, output = run_in_pty(["rm", "tty-0", "--backend-url", url], answer=b"n\n")
     assert b"Delete 1 result(s) under" in output
     assert code == 2
-    assert make_app().backend.fetch("tty-0") is not None
+    assert make_app().backend.operations().fetch("tty-0") is not None
     code, output = run_in_pty(["rm", "tty-0", "--backend-url", url], answer=b"y\n")
     assert code == 0
     assert b"deleted 1" in output
-    assert make_app().backend.fetch("tty-0") is None
+    assert make_app().backend.operations().fetch("tty-0") is None
 
 
 def test_purge_progress_is_drawn_then_erased(url, make_app):

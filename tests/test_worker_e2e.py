@@ -115,5 +115,7 @@ def test_oversized_result_fails_clearly_and_the_worker_survives(worker, size):
         result.get(timeout=120)
     meta = worker.backend.get_task_meta(result.id, cache=False)
     assert meta["status"] == states.FAILURE
-    assert worker.backend.fetch(result.id).size < 10_000  # the error, not a partial result
+    assert (
+        worker.backend.operations().fetch(result.id).size < 10_000
+    )  # the error, not a partial result
     assert worker.send_task("e2e.add", (1, 1)).get(timeout=30) == 2

@@ -1,5 +1,5 @@
-"""``consul-results``: the ops command line. Commands parse options and render; the work is
-done by :mod:`consulresults.backend`, imported inside each command so ``--help`` stays fast."""
+"""``consul-results``: the ops command line. This module is the Typer app and ``main()``; the
+commands are in :mod:`consulresults.commands`, the work in :mod:`consulresults.operations`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from .. import __version__
-from . import cleaning, devserver, results, sessions
+from . import __version__
+from .commands import cleaning, devserver, results, sessions
 
 app = typer.Typer(
     name="consul-results",
@@ -46,8 +46,6 @@ app.command("doctor")(results.doctor)
 app.command("rm")(cleaning.rm)
 app.command("expire")(cleaning.expire)
 app.command("purge")(cleaning.purge)
-sessions.app.command("expire")(cleaning.expire_sessions)
-sessions.app.command("gc")(cleaning.gc_sessions)
 app.add_typer(sessions.app, name="sessions")
 app.command("dev-server")(devserver.dev_server)
 

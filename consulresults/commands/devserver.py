@@ -1,14 +1,14 @@
-"""``consul-results dev-server``: run the Consul-compatible dev server in the foreground."""
+"""``consul-results dev-server``: run the Consul-compatible dev server in the foreground. The
+options are parsed here; what they mean is :mod:`consulresults.devserver.options`' business."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from .common import EXIT_USAGE, fail
+from .errors import EXIT_USAGE, fail
 
 
 def dev_server(
@@ -119,80 +119,12 @@ def dev_server(
     ] = None,
 ) -> None:
     """Run a Consul-compatible dev server (single node, for development and tests only)."""
-    import asyncio
-    import json
-
-    from ..devserver import AclConfig, AclRuleError, DevServer, FaultRule
-    from ..devserver.durations import DurationError, parse_go_duration
-    from ..devserver.server import serve_forever
-
-    tokens: dict[str, str | dict] = {}
-    if data_dir is not None:
-        try:
-            data_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise fail(f"cannot use --data-dir {data_dir}: {exc.strerror}", EXIT_USAGE) from None
-    try:
-        if acl_tokens_file is not None:
-            tokens.update(json.loads(acl_tokens_file.read_text()))
-        for item in acl_token or []:
-            secret, sep, rules = item.partition("=")
-            if not sep or not secret:
-                raise fail("--acl-token must look like SECRET=RULES", EXIT_USAGE)
-            tokens[secret] = rules
-        acl_enabled = bool(acl_default_policy or acl_management_token or tokens)
-        acl = AclConfig(
-            enabled=acl_enabled,
-            default_policy=acl_default_policy or "allow",
-            management_token=acl_management_token,
-            tokens=tokens,
-        )
-        server = DevServer(
-            host=host,
-            port=port,
-            node_name=node_name,
-            datacenter=datacenter,
-            acl=acl,
-            session_ttl_min=session_ttl_min,
-            session_ttl_multiplier=session_ttl_multiplier,
-            data_dir=data_dir,
-            tls_cert=_str(tls_cert),
-            tls_key=_str(tls_key),
-            tls_ca=_str(tls_ca),
-            kv_max_value_size=kv_max_value_size,
-            fault_seed=fault_seed,
-        )
-        if fault_error_fraction:
-            server.faults.add(
-                FaultRule(
-                    "error", fraction=fault_error_fraction, status=fault_status, body=fault_body
-                )
-            )
-        if fault_latency:
-            server.faults.add(
-                FaultRule(
-                    "latency",
-                    fraction=fault_latency_fraction,
-                    seconds=parse_go_duration(fault_latency) / 1e9,
-                )
-            )
-        if fault_reset_fraction:
-            server.faults.add(FaultRule("reset", fraction=fault_reset_fraction))
-    except (AclRuleError, DurationError, ValueError, OSError) as exc:
-        raise fail(f"invalid dev-server option: {exc}", EXIT_USAGE) from None
-
-    def announce(url: str) -> None:
-        print(f"consul-results dev-server listening on {url}", flush=True)
+    given = dict(locals())  # first: exactly the options above
+    from ..devserver import DevServerOptions, ListenError, OptionError, run
 
     try:
-        asyncio.run(serve_forever(server, announce))
-    except OSError as exc:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise fail(
-            f"cannot listen on {host}:{port}: {reason.lower()} "
-            "(choose another --port, or --port 0 for a free one)"
-        ) from None
-
-
-def _str(path: Path | None) -> str | None:
-    return None if path is None else str(path)
+        run(DevServerOptions(**given))
+    except OptionError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+    except ListenError as exc:
+        raise fail(str(exc)) from None

@@ -1,0 +1,115 @@
+"""Exit codes and one-line errors: every failure a command meets is turned here into one line
+on stderr that says what failed, why and what to do (never the token), and a documented exit
+status."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import typer
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_UNAVAILABLE = 69
+EXIT_TIMEOUT = 75
+EXIT_PERMISSION = 77
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
+    """Print one error line on stderr and return the Exit to raise."""
+    typer.echo(f"consul-results: {message}", err=True)
+    return typer.Exit(code)
+
+
+@contextmanager
+def consul_errors(address: str) -> Iterator[None]:
+    """Turn configuration, network, TLS and Consul failures into one line and an exit code."""
+    try:
+        yield
+    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        described = describe_error(exc, address)
+        if described is None:
+            raise
+        raise fail(*described) from None
+
+
+def describe_error(exc: BaseException, where: str) -> tuple[str, int] | None:
+    """(one-line message, exit status) for configuration, network, TLS and Consul failures;
+    None for anything else (a bug: let it show)."""
+    import requests
+
+    from ..connection import ConsulError, PermissionDenied
+    from ..settings import SettingsError
+
+    if isinstance(exc, SettingsError) or _improperly_configured(exc):
+        return str(exc), EXIT_USAGE
+    if isinstance(exc, requests.exceptions.SSLError):
+        return (
+            f"TLS failed talking to Consul at {where}: {_reason(exc)} (check --ca-file, "
+            "--client-cert, --client-key, --tls-server-name)",
+            EXIT_UNAVAILABLE,
+        )
+    if isinstance(exc, requests.ConnectionError):
+        address, reason = _address(exc) or where, _reason(exc)
+        hint = "set --http-addr or CONSUL_HTTP_ADDR"
+        if reason == "closed without an answer" and address.startswith("https"):
+            hint = "a Consul that requires TLS client certificates does this: --client-cert"
+        return f"cannot reach Consul at {address}: {reason} ({hint})", EXIT_UNAVAILABLE
+    if isinstance(exc, requests.Timeout):  # the transport's message names agent and request
+        return _first_line(exc), EXIT_UNAVAILABLE
+    if isinstance(exc, PermissionDenied):
+        return (
+            f"permission denied by Consul: {_first_line(exc)} (check --token, --token-file "
+            "or CONSUL_HTTP_TOKEN)",
+            EXIT_PERMISSION,
+        )
+    if isinstance(exc, ConsulError):
+        unavailable = 400 < exc.status < 600
+        return (
+            f"Consul answered: {_first_line(exc)}",
+            EXIT_UNAVAILABLE if unavailable else EXIT_ERROR,
+        )
+    return None
+
+
+def _improperly_configured(exc: BaseException) -> bool:
+    """Celery's configuration error (only an app given with -A can raise it, and only then is
+    Celery imported)."""
+    celery_exceptions = sys.modules.get("celery.exceptions")
+    return celery_exceptions is not None and isinstance(exc, celery_exceptions.ImproperlyConfigured)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).lower()
+    for known, reason in (
+        ("connection refused", "connection refused"),
+        ("name or service not known", "name or service not known"),
+        ("timed out", "timed out"),
+        ("certificate verify failed", "certificate verify failed"),
+        ("certificate required", "Consul requires a client certificate"),
+        ("no route to host", "no route to host"),
+        ("connection reset", "connection reset"),
+        ("closed connection without response", "closed without an answer"),
+    ):
+        if known in text:
+            return reason
+    return type(exc).__name__
+
+
+def _address(exc: BaseException) -> str | None:
+    request = getattr(exc, "request", None)
+    if request is None or not getattr(request, "url", None):
+        return None
+    match = re.match(r"(https?://[^/]+)", request.url)
+    return match.group(1) if match else None

@@ -1,0 +1,286 @@
+"""What every ``consul-results`` command shares: the connection flags (read off the settings
+table, so they match the URL options and the Celery settings), how the results are found
+(``-A/--app`` or ``--backend-url``), and the options several commands take, declared once.
+
+Connection flags are added to each command by :func:`consul_command`, so they are written after
+the command as with the Consul CLI (``consul-results ls --prefix myapp --http-addr ...``).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from .. import render
+from ..settings import OPTIONS
+from .errors import EXIT_USAGE, consul_errors, fail
+
+if TYPE_CHECKING:
+    from ..operations import ResultFilter, ResultOperations
+
+PANEL = "Connection"
+
+
+@dataclass
+class Connection:
+    """Where the results are: an app or a backend URL, and the flags that override them."""
+
+    app: str | None = None
+    backend_url: str | None = None
+    stale: bool = False
+    consistent: bool = False
+    overrides: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def address(self) -> str:
+        return self.overrides.get("address") or "the configured address"
+
+    def open(self) -> ResultOperations:
+        """The operations on the results named; Celery is imported only for ``-A``."""
+        from ..factory import open_operations
+
+        if self.stale and self.consistent:
+            raise fail("--stale and --consistent exclude each other: choose one", EXIT_USAGE)
+        overrides = dict(self.overrides)
+        if self.stale or self.consistent:
+            overrides["consistency"] = "stale" if self.stale else "consistent"
+        return open_operations(self.backend_url, overrides, self._celery_app())
+
+    def _celery_app(self) -> Any:
+        if not self.app:
+            return None
+        from celery.app.utils import find_app
+
+        try:
+            return find_app(self.app)
+        except Exception as exc:  # import errors of the user's module, with their reason
+            raise fail(f"cannot load the Celery app {self.app!r}: {exc}", EXIT_USAGE) from None
+
+
+def _flag(*names: str, metavar: str | None = None, help: str) -> Any:
+    return typer.Option(*names, metavar=metavar, rich_help_panel=PANEL, help=help)
+
+
+_CONNECTION: dict[str, Any] = {
+    "app": Annotated[
+        str | None,
+        _flag(
+            "-A",
+            "--app",
+            metavar="MODULE",
+            help="Celery app whose result_backend, prefix and serializer to use.",
+        ),
+    ],
+    "backend_url": Annotated[
+        str | None,
+        _flag(
+            "--backend-url",
+            metavar="URL",
+            help="Result backend URL, e.g. consulresults://127.0.0.1:8500/myapp.",
+        ),
+    ],
+    **{
+        name: Annotated[str | None, _flag(o.flag, metavar=o.metavar, help=o.help)]
+        for name, o in OPTIONS.items()
+        if o.flag
+    },
+    "stale": Annotated[bool, _flag("--stale", help="Allow stale reads (any server).")],
+    "consistent": Annotated[
+        bool, _flag("--consistent", help="Consistent reads (leader checks quorum).")
+    ],
+}
+_OWN = ("app", "backend_url", "stale", "consistent")
+
+
+def consul_command(fn: Callable) -> Callable:
+    """Add the connection flags to a command taking ``conn: Connection``, and turn Consul,
+    network and configuration failures into one line and a documented exit code."""
+    signature = inspect.signature(fn, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.name != "conn"]
+    extra = [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=False if name in ("stale", "consistent") else None,
+            annotation=annotation,
+        )
+        for name, annotation in _CONNECTION.items()
+    ]
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs: Any) -> Any:
+        given = {name: kwargs.pop(name) for name in _CONNECTION}
+        conn = Connection(
+            **{name: given.pop(name) for name in _OWN},
+            overrides={k: v for k, v in given.items() if v is not None},
+        )
+        with consul_errors(conn.address):
+            return fn(conn=conn, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=own + extra)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {}
+    return wrapper
+
+
+# ---------------------------------------------------------------------- options shared by commands
+
+IdsArgument = Annotated[
+    list[str],
+    typer.Argument(metavar="ID...", help="Task ids; - reads them from standard input."),
+]
+OutputOption = Annotated[
+    str | None,
+    typer.Option(
+        "--output",
+        "-o",
+        metavar="FORMAT",
+        help="table (default on a terminal), json, ndjson, tsv (default when piped) or ids.",
+    ),
+]
+StateOption = Annotated[
+    list[str] | None,
+    typer.Option("--state", metavar="STATE", help="Only results in this state (repeatable)."),
+]
+TaskOption = Annotated[
+    list[str] | None,
+    typer.Option("--task", metavar="NAME", help="Only tasks with this name or glob (repeatable)."),
+]
+OlderOption = Annotated[
+    str | None,
+    typer.Option(
+        "--older-than", metavar="AGE", help="Done before this: 7d, 12h, 30m or an ISO date."
+    ),
+]
+NewerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--newer-than", metavar="AGE", help="Done after this: 7d, 12h, 30m or an ISO date."
+    ),
+]
+ExpiredOption = Annotated[
+    bool, typer.Option("--expired", help="Only results whose recorded expiry has passed.")
+]
+NoSessionOption = Annotated[
+    bool,
+    typer.Option(
+        "--no-session", help="Only results held by no session (they never expire by themselves)."
+    ),
+]
+DetailedExitcodeOption = Annotated[
+    bool, typer.Option("--detailed-exitcode", help="Exit 3 when nothing matches.")
+]
+YesOption = Annotated[
+    bool,
+    typer.Option(
+        "--yes", "-y", help="Do it without asking (needed when not on a terminal, e.g. in cron)."
+    ),
+]
+DryRunOption = Annotated[
+    bool, typer.Option("--dry-run", help="Show what would be deleted; delete nothing.")
+]
+AllPrefixesOption = Annotated[
+    bool,
+    typer.Option("--all-prefixes", help="Allow an empty prefix, i.e. every key in this Consul."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
+
+
+def check_format(fmt: str | None) -> str:
+    if fmt is not None and fmt not in render.FORMATS:
+        raise fail(f"--output: {fmt!r} is not one of {', '.join(render.FORMATS)}", EXIT_USAGE)
+    return render.default_format(fmt)
+
+
+def ids_from(args: list[str]) -> list[str]:
+    """Task ids from the arguments; ``-`` reads more, one per line, from standard input."""
+    ids = []
+    for arg in args:
+        if arg == "-":
+            ids.extend(line.strip() for line in sys.stdin if line.strip())
+        elif not arg.strip():
+            raise fail("a task id is empty: give the id, or - to read ids from stdin", EXIT_USAGE)
+        else:
+            ids.append(arg)
+    if not ids:
+        raise fail(
+            "no task ids given (pass ids, or - to read them from standard input)", EXIT_USAGE
+        )
+    return ids
+
+
+def selection(
+    states: list[str] | None,
+    task: list[str] | None,
+    older_than: str | None,
+    newer_than: str | None,
+    expired: bool,
+    no_session: bool,
+    include_unreadable: bool,
+) -> ResultFilter:
+    """The filter ``ls`` and ``purge`` share (``ls`` shows unreadable keys, ``purge`` keeps
+    them unless told otherwise)."""
+    from ..operations import ResultFilter
+
+    return ResultFilter(
+        states=frozenset(s.upper() for s in states or ()),
+        task_globs=tuple(task or ()),
+        older_than=None if older_than is None else parse_when(older_than, "--older-than"),
+        newer_than=None if newer_than is None else parse_when(newer_than, "--newer-than"),
+        expired=expired,
+        no_session=no_session,
+        include_unreadable=include_unreadable,
+    )
+
+
+_AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_when(text: str, option: str) -> float:
+    """``7d``/``12h``/``30m``/``45s``/``2w`` ago, or an ISO 8601 date/time (UTC if no zone)."""
+    match = _AGE.match(text.strip())
+    if match:
+        return time.time() - float(match.group(1)) * _UNIT[match.group(2)]
+    try:
+        parsed = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise fail(
+            f"{option}: {text!r} is not a duration like 7d, 12h, 30m or an ISO date "
+            "like 2026-11-01",
+            EXIT_USAGE,
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.timestamp()
+
+
+def open_guarded(conn: Connection, all_prefixes: bool) -> ResultOperations:
+    """The operations for a destructive command: an empty prefix (every key in this Consul) is
+    refused unless ``--all-prefixes``."""
+    ops = conn.open()
+    if not ops.prefix and not all_prefixes:
+        raise fail(
+            "refusing to work on an empty prefix (every key in this Consul): give "
+            "--prefix, or --all-prefixes if you really mean it",
+            EXIT_USAGE,
+        )
+    return ops
+
+
+def confirm(action: str, yes: bool) -> None:
+    """Ask on a terminal; without one, ``--yes`` is required (exit 2 saying so)."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise fail(f"not on a terminal: refusing to {action} without --yes", EXIT_USAGE)
+    if not typer.confirm(f"{action[0].upper()}{action[1:]}?", default=False, err=True):
+        raise fail("nothing done", EXIT_USAGE)

@@ -1,0 +1,203 @@
+"""Read commands on results: ``get``, ``inspect``, ``ls``, ``stats``, ``doctor``."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from .. import render
+from .errors import EXIT_ERROR, EXIT_NOT_FOUND, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, fail
+from .options import (
+    Connection,
+    DetailedExitcodeOption,
+    ExpiredOption,
+    IdsArgument,
+    NewerOption,
+    NoSessionOption,
+    OlderOption,
+    OutputOption,
+    StateOption,
+    TaskOption,
+    check_format,
+    consul_command,
+    ids_from,
+    selection,
+)
+
+if TYPE_CHECKING:
+    from ..operations import ResultOperations, StoredResult
+
+SORT_KEYS = ("key", "date", "state", "task", "size")
+
+
+@consul_command
+def get(
+    conn: Connection,
+    task_ids: IdsArgument,
+    field: Annotated[
+        str | None,
+        typer.Option(
+            "--field", metavar="NAME", help="Print only this field (state, result, traceback...)."
+        ),
+    ] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="Print the stored value as it is.")] = False,
+    wait: Annotated[
+        bool,
+        typer.Option("--wait", help="Wait (Consul blocking queries) until each task is ready."),
+    ] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--timeout",
+            metavar="SECONDS",
+            min=0,
+            help="Give up waiting after this long (exit 75).",
+        ),
+    ] = None,
+    output: OutputOption = None,
+) -> None:
+    """Show task results: state, result, traceback, children, date done (and with
+    result_extended: name, args, kwargs, worker, retries). Exit 3 if one is missing."""
+    fmt = check_format(output)
+    ops = conn.open()
+    rows, missing = [], []
+    for task_id in ids_from(task_ids):
+        found = _wait(ops, task_id, timeout) if wait else ops.fetch(task_id)
+        if found is None:
+            missing.append(task_id)
+        elif raw:
+            sys.stdout.buffer.write((found.value or b"") + b"\n")
+        else:
+            rows.append(render.result_detail(found))
+    _print_details(rows, field, fmt)
+    for task_id in missing:
+        typer.echo(
+            f"consul-results: no result for task {task_id} under {ops.prefix or '(root)'}/",
+            err=True,
+        )
+    raise typer.Exit(EXIT_NOT_FOUND if missing else EXIT_OK)
+
+
+def _wait(ops: ResultOperations, task_id: str, timeout: float | None) -> StoredResult:
+    from ..operations import WaitTimeout
+
+    try:
+        return ops.wait(task_id, timeout=timeout)
+    except WaitTimeout:
+        raise fail(
+            f"timed out after {timeout:g} s waiting for task {task_id}", EXIT_TIMEOUT
+        ) from None
+
+
+def _print_details(rows: list[dict], field: str | None, fmt: str) -> None:
+    """How ``get`` and ``inspect`` print: one field, a list for scripts, or a block per id."""
+    if field is not None:
+        for row in rows:
+            if field not in row:
+                raise fail(f"--field: no field {field!r} (fields: {', '.join(row)})", EXIT_USAGE)
+            value = row[field]
+            typer.echo(value if isinstance(value, str) else render.json.dumps(value))
+        return
+    if fmt in ("json", "ndjson", "ids"):
+        render.emit(rows, list(rows[0]) if rows else ["id"], fmt)
+        return
+    for row in rows:
+        render.emit_mapping(row, fmt)
+
+
+@consul_command
+def inspect(conn: Connection, task_ids: IdsArgument, output: OutputOption = None) -> None:
+    """Show where results live in Consul: key, indexes, flags (expiry), the session and its
+    TTL, behaviour and node, and when the result is expected to go."""
+    fmt = check_format(output)
+    ops = conn.open()
+    rows, missing = [], 0
+    for task_id in ids_from(task_ids):
+        found = ops.fetch(task_id)
+        if found is None:
+            missing += 1
+            typer.echo(f"consul-results: no result for task {task_id}", err=True)
+            continue
+        session = ops.session_info(found.session) if found.session else None
+        rows.append(render.inspection(found, session))
+    _print_details(rows, None, fmt)
+    raise typer.Exit(EXIT_NOT_FOUND if missing else EXIT_OK)
+
+
+@consul_command
+def ls(
+    conn: Connection,
+    state: StateOption = None,
+    task: TaskOption = None,
+    older_than: OlderOption = None,
+    newer_than: NewerOption = None,
+    expired: ExpiredOption = False,
+    no_session: NoSessionOption = False,
+    sort: Annotated[
+        str, typer.Option("--sort", metavar="KEY", help="key, date, state, task or size.")
+    ] = "key",
+    limit: Annotated[
+        int | None, typer.Option("--limit", metavar="N", min=1, help="Show at most N results.")
+    ] = None,
+    count: Annotated[bool, typer.Option("--count", help="Print only how many match.")] = False,
+    detailed_exitcode: DetailedExitcodeOption = False,
+    output: OutputOption = None,
+) -> None:
+    """List results under the prefix, filtered and sorted."""
+    fmt = check_format(output)
+    if sort not in SORT_KEYS:
+        raise fail(f"--sort: {sort!r} is not one of {', '.join(SORT_KEYS)}", EXIT_USAGE)
+    chosen = selection(state, task, older_than, newer_than, expired, no_session, True)
+    ops = conn.open()
+    if count:
+        matched = sum(1 for _ in ops.matching(chosen))
+        typer.echo(matched)
+    else:
+        # keep only the small printed rows, not the stored values: memory stays bounded
+        order = _sort_key(sort)
+        keyed = sorted((order(r), render.result_row(r)) for r in ops.matching(chosen))
+        matched = len(keyed)
+        render.emit([row for _, row in keyed[:limit]], render.LS_COLUMNS, fmt)
+    raise typer.Exit(EXIT_NOT_FOUND if detailed_exitcode and not matched else EXIT_OK)
+
+
+def _sort_key(name: str):
+    """A comparable key per result; the Consul key breaks ties so rows never compare."""
+    return {
+        "key": lambda r: (r.key,),
+        "date": lambda r: (r.done_at or 0.0, r.key),
+        "state": lambda r: (r.state, r.key),
+        "task": lambda r: (r.task_name or "", r.key),
+        "size": lambda r: (-r.size, r.key),
+    }[name]
+
+
+@consul_command
+def stats(conn: Connection, output: OutputOption = None) -> None:
+    """Counts by state and task, bytes, oldest and newest, sessions, results without expiry."""
+    fmt = check_format(output)
+    render.emit_mapping(render.stats_mapping(conn.open().stats()), fmt)
+
+
+@consul_command
+def doctor(conn: Connection) -> None:
+    """Check that results can live here: the agent answers, there is a leader, the token can
+    read and write the prefix and create sessions, result_expires fits Consul's limits. One
+    line per check; the exit status is the first failure's (69 unavailable, 77 denied...)."""
+    from ..doctor import diagnose
+    from .errors import describe_error
+
+    ops = conn.open()
+    first_failure = EXIT_OK
+    for check in diagnose(ops):
+        detail, code = check.detail, EXIT_ERROR
+        where = ops.store.transport.base_uri
+        described = describe_error(check.error, where) if check.error else None
+        if described:
+            detail, code = described
+        typer.echo(f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {detail}")
+        if not check.ok and first_failure == EXIT_OK:
+            first_failure = code
+    raise typer.Exit(first_failure)

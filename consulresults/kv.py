@@ -1,0 +1,323 @@
+"""How results live in Consul's KV store: the protocol both faces (the Celery backend and the
+CLI's operations) share.
+
+- Reads are batched through ``/v1/txn`` (``get-or-empty``, up to 128 operations), falling back to
+  64 operations and plain ``get`` on servers older than Consul 1.14.
+- Every write is one txn that applies only if the key is still as last seen: ``check-not-exists``
+  or ``check-index``, then ``lock`` under a session (or ``set``). Consul refuses ``?acquire`` on a
+  key another session holds, so the previous holder is unlocked in the same txn. A refused write
+  is read again and retried, never ignored (:meth:`KVStore.commit`).
+- Waits are blocking queries: the answer comes as soon as the key changes.
+- Idempotent reads retry transient failures a few times; see :mod:`consulresults.retry`.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from . import layout
+from .connection import ConsulError, Transport, is_transient
+from .expiry import ExpiryPlan, SessionPool
+from .retry import RetryPolicy, doubling, full_jitter
+
+MAX_VALUE_SIZE = 524_288
+TXN_OPS = 128
+LEGACY_TXN_OPS = 64
+WRITE_PATIENCE = 60.0
+CONFLICT_BACKOFF = (0.002, 0.25)
+KNOWN_INDEXES = 4096
+READS = RetryPolicy(is_transient, doubling(0.05), max_retries=4)
+
+Entry = dict  # a KV entry as Consul returns it, with ``Value`` already base64-decoded
+
+
+class WriteConflict(Exception):
+    """Other writers kept changing a key (or Consul kept failing) for longer than the patience."""
+
+
+class ValueTooLarge(ValueError):
+    """A value over Consul's ``kv_max_value_size``: refused before anything is sent."""
+
+
+class _LostRace(Exception):
+    """The key changed between the read and the write: read again."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What one delete-cas batch did: deleted, skipped (rewritten meanwhile), failed."""
+
+    deleted: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+
+def decode_value(value: str | None) -> bytes | None:
+    return base64.b64decode(value) if value else None
+
+
+def _decoded(entry: dict) -> Entry:
+    return {**entry, "Value": decode_value(entry.get("Value"))}
+
+
+class KVStore:
+    """Keys under one prefix on one Consul: batched reads, the CAS write loop, blocking reads."""
+
+    def __init__(self, transport: Transport, prefix: str) -> None:
+        self.transport = transport
+        self.prefix = prefix
+        self.sessions = SessionPool(transport, prefix)
+        self.txn_ops = TXN_OPS
+        self._get_or_empty = True
+        self._known: OrderedDict[str, tuple[int, str, bool]] = OrderedDict()
+        self._known_lock = threading.Lock()
+
+    def key(self, name: str) -> str:
+        """The full key for a Celery key name (``celery-task-meta-<id>``): escaped, prefixed."""
+        return layout.full_key(self.prefix, name)
+
+    # ------------------------------------------------------------------ reads
+
+    def entry(self, key: str) -> Entry | None:
+        """One entry (one request), or None when absent."""
+        response = READS.call(
+            lambda: self.transport.request("GET", f"/v1/kv/{key}", expect=(200, 404))
+        )
+        return _decoded(response.body[0]) if response.status == 200 else None
+
+    def entries(self, keys: list[str]) -> dict[str, Entry | None]:
+        """Entries (None when absent) for ``keys``, in order, batched through ``/v1/txn``."""
+        found: dict[str, Entry | None] = dict.fromkeys(keys)
+        pos = 0
+        while pos < len(keys):
+            batch = keys[pos : pos + self.txn_ops]
+            read = self._read_batch if self._get_or_empty else self._read_batch_legacy
+            results = READS.call(lambda batch=batch, read=read: read(batch))
+            if results is None:
+                continue  # the server was older than it looked; retry this batch
+            found.update(results)
+            pos += len(batch)
+        return found
+
+    def _read_batch(self, keys: list[str]) -> dict[str, Entry | None] | None:
+        """``get-or-empty`` echoes the op for a missing key (CreateIndex 0): that means absent."""
+        try:
+            answer = self.transport.txn([{"KV": {"Verb": "get-or-empty", "Key": k}} for k in keys])
+        except ConsulError as exc:
+            if exc.status == 413 and self.txn_ops > LEGACY_TXN_OPS:
+                self.txn_ops = LEGACY_TXN_OPS  # before Consul 1.14: at most 64 operations
+                return None
+            raise
+        if not answer.applied:
+            if any("get-or-empty" in e["What"] for e in answer.errors):
+                self._get_or_empty = False  # before Consul 1.14: no such verb
+                return None
+            raise ConsulError(409, str(answer.errors))
+        entries = (r["KV"] for r in answer.results or ())
+        return {e["Key"]: _decoded(e) if e["CreateIndex"] else None for e in entries}
+
+    def _read_batch_legacy(self, keys: list[str]) -> dict[str, Entry | None]:
+        """Before Consul 1.14 a missing key fails the whole txn, with every failing op reported,
+        so a second txn without those keys gets the rest."""
+        answer = self.transport.txn([{"KV": {"Verb": "get", "Key": k}} for k in keys])
+        if answer.applied:
+            return {r["KV"]["Key"]: _decoded(r["KV"]) for r in answer.results or ()}
+        missing = {keys[e["OpIndex"]] for e in answer.errors}
+        present = [k for k in keys if k not in missing]
+        found = self._read_batch_legacy(present) if present else {}
+        return {**dict.fromkeys(missing), **found}
+
+    def list_keys(self) -> list[str]:
+        """Every key under the prefix (one ``?keys`` request)."""
+        head = f"{self.prefix}/" if self.prefix else ""
+        response = READS.call(
+            lambda: self.transport.request(
+                "GET", f"/v1/kv/{head}", [("keys", "1")], expect=(200, 404)
+            )
+        )
+        return response.body if response.status == 200 else []
+
+    def read_blocking(self, key: str, index: int, wait: float) -> tuple[Entry | None, int]:
+        """One blocking GET: the entry (None when absent) and the index to wait past next.
+
+        With index 0 or no wait, it answers at once."""
+        params = (
+            [("index", str(index)), ("wait", f"{max(1, int(wait * 1000))}ms")]
+            if index and wait > 0
+            else []
+        )
+        timeout = wait * 1.1 + self.transport.timeout
+        response = READS.call(
+            lambda: self.transport.request(
+                "GET", f"/v1/kv/{key}", params, timeout=timeout, expect=(200, 404)
+            )
+        )
+        new_index = response.index
+        if new_index < index:
+            new_index = 0  # the index went backwards (snapshot restore, tombstone reaping)
+        entry = _decoded(response.body[0]) if response.status == 200 else None
+        return entry, new_index
+
+    # ------------------------------------------------------------------ writes
+
+    def write(
+        self,
+        key: str,
+        data: bytes,
+        plan: ExpiryPlan,
+        keep: Callable[[bytes | None], bool] | None = None,
+        final: bool = False,
+    ) -> bool:
+        """Write ``data`` at ``key`` under a session for ``plan``; False if ``keep(current
+        value)`` said the stored value must stay (Celery never overwrites a SUCCESS).
+
+        The first attempt assumes the key is as this process last saw it (absent, or at the
+        index it last wrote), so it costs one request; after this process wrote a ``final``
+        value, a guarded write reads first instead.
+        """
+        if len(data) > MAX_VALUE_SIZE:
+            raise ValueTooLarge(
+                f"result is {len(data)} bytes, over Consul's {MAX_VALUE_SIZE}-byte value limit "
+                "(kv_max_value_size): set result_compression (e.g. 'zlib') or return less data"
+            )
+        with self._known_lock:
+            remembered = self._known.get(key)
+
+        def decide(entry: Entry | None) -> bytes | None:
+            return None if entry and keep and keep(entry["Value"]) else data
+
+        guarded = bool(remembered and keep and remembered[2])
+        first = None if guarded else (data, remembered[:2] if remembered else None)
+        return self.commit(key, plan, decide, first, final)
+
+    def update(
+        self,
+        key: str,
+        change: Callable[[bytes | None], bytes | None],
+        plan: ExpiryPlan,
+        create: bool = False,
+    ) -> None:
+        """Read-modify-write: ``change(current value)`` gives the new value (None: leave it).
+
+        Every attempt re-reads the value, so a concurrent writer's change is never overwritten
+        with a stale copy; a lost answer or a conflict just means reading again.
+        """
+
+        def decide(entry: Entry | None) -> bytes | None:
+            if entry is None and not create:
+                return None
+            return change(entry["Value"] if entry else None)
+
+        self.commit(key, plan, decide, retry_lost=True)
+
+    def commit(
+        self,
+        key: str,
+        plan: ExpiryPlan,
+        decide: Callable[[Entry | None], bytes | None],
+        first: tuple[bytes, tuple[int, str] | None] | None = None,
+        final: bool = False,
+        retry_lost: bool = False,
+    ) -> bool:
+        """The one write loop. Each attempt is one txn that applies only if the key is still as
+        read; ``decide(current entry)`` gives what to write (None: write nothing, return False).
+        ``first`` = (value, known state) skips the read for the first attempt. With
+        ``retry_lost``, a lost answer or a transient failure is just another reason to read
+        again (for writes whose ``decide`` can tell whether they landed); without it, they go
+        to the caller (Celery retries stores under ``result_backend_always_retry``). Lost races
+        back off with jitter, so many writers of one key (a chord's counter) all get through;
+        the loop gives up after ``WRITE_PATIENCE`` seconds."""
+        attempts = [first]
+        tries = 0
+
+        def attempt() -> bool:
+            nonlocal tries
+            tries += 1
+            known = attempts.pop() if attempts else None
+            if known is None:
+                entry = self.entry(key)
+                value = decide(entry)
+                if value is None:
+                    return False
+                known = (value, (entry["ModifyIndex"], entry.get("Session", "")) if entry else None)
+            return self._try_write(key, known[0], plan, known[1], final)
+
+        def retryable(exc: BaseException) -> bool:
+            return isinstance(exc, _LostRace) or (retry_lost and is_transient(exc))
+
+        policy = RetryPolicy(retryable, full_jitter(*CONFLICT_BACKOFF), patience=WRITE_PATIENCE)
+        try:
+            return policy.call(attempt)
+        except Exception as exc:
+            if not retryable(exc):
+                raise
+            raise WriteConflict(
+                f"could not write {key}: other writers kept changing it (or Consul kept "
+                f"failing) for {WRITE_PATIENCE:g} s, {tries} attempts"
+            ) from exc
+
+    def _try_write(
+        self, key: str, data: bytes, plan: ExpiryPlan, known: tuple[int, str] | None, final: bool
+    ) -> bool:
+        session = self.sessions.get(plan)
+        answer = self.transport.txn(_write_ops(key, data, plan.flags(), session, known))
+        if not answer.applied:
+            self.sessions.discard_if_invalid(session, answer.errors)
+            raise _LostRace(key)
+        index = (answer.results or [])[-1]["KV"]["ModifyIndex"]
+        with self._known_lock:
+            self._known[key] = (index, session or "", final)
+            self._known.move_to_end(key)
+            while len(self._known) > KNOWN_INDEXES:
+                self._known.popitem(last=False)
+        return True
+
+    # ------------------------------------------------------------------ deletes
+
+    def delete(self, key: str) -> None:
+        self._forget(key)
+        self.transport.request("DELETE", f"/v1/kv/{key}")
+
+    def delete_unchanged(self, indexes: Iterable[tuple[str, int]]) -> Batch:
+        """Delete each key only if it is still at the given ModifyIndex (delete-cas, one txn):
+        a key rewritten since it was read is skipped, not deleted."""
+        pairs = list(indexes)
+        ops = [{"KV": {"Verb": "delete-cas", "Key": k, "Index": i}} for k, i in pairs]
+        answer = self.transport.txn(ops)
+        for key, _ in pairs:
+            self._forget(key)
+        if answer.applied:
+            return Batch(deleted=len(ops))
+        stale = {e["OpIndex"] for e in answer.errors}
+        rest = [op for i, op in enumerate(ops) if i not in stale]
+        if rest and self.transport.txn(rest).applied:
+            return Batch(deleted=len(rest), skipped=len(stale))
+        return Batch(skipped=len(stale), failed=len(rest))
+
+    def _forget(self, key: str) -> None:
+        with self._known_lock:
+            self._known.pop(key, None)
+
+
+def _write_ops(
+    key: str, data: bytes, flags: int, session: str | None, known: tuple[int, str] | None
+) -> list[dict]:
+    """check (absent, or unchanged since read) + unlock another holder + lock (or set)."""
+    value = base64.b64encode(data).decode()
+    written = {"Key": key, "Value": value, "Flags": flags}
+    if known is None:
+        ops: list[dict] = [{"KV": {"Verb": "check-not-exists", "Key": key}}]
+    else:
+        index, holder = known
+        ops = [{"KV": {"Verb": "check-index", "Key": key, "Index": index}}]
+        if holder and holder != session:
+            ops.append({"KV": {"Verb": "unlock", "Session": holder, **written}})
+    if session:
+        ops.append({"KV": {"Verb": "lock", "Session": session, **written}})
+    elif not (known and known[1]):
+        ops.append({"KV": {"Verb": "set", **written}})
+    return ops

@@ -1,0 +1,336 @@
+"""What the ops CLI does to stored results: list, fetch, wait, delete, purge, force-expire,
+count, and the sessions behind them. It works on the KV core (:mod:`consulresults.kv`) with a
+decoder for result values, and needs no Celery: the CLI passes Celery's decoder only when it was
+pointed at an app (``-A``)."""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from . import layout
+from .codec import decode_meta
+from .expiry import ExpiryPlan, made_for
+from .kv import Entry, KVStore
+
+READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+BLOCK_SECONDS = 10.0
+ALL_KINDS = frozenset(layout.KINDS.values())
+
+
+class WaitTimeout(TimeoutError):
+    """The result was not ready within the time given."""
+
+
+@dataclass
+class StoredResult:
+    """One key under the prefix that names a Celery result, group or chord, with its metadata.
+
+    ``meta`` is the decoded Celery meta, or None with ``error`` saying why it could not be read
+    (another serializer, garbage, a chord counter).
+    """
+
+    key: str
+    kind: str
+    id: str
+    value: bytes | None
+    flags: int
+    session: str
+    create_index: int
+    modify_index: int
+    lock_index: int
+    meta: dict | None = None
+    error: str | None = None
+
+    @property
+    def state(self) -> str:
+        return self.meta.get("status", "UNKNOWN") if self.meta else "UNREADABLE"
+
+    @property
+    def task_name(self) -> str | None:
+        return self.meta.get("name") if self.meta else None
+
+    @property
+    def expires_at(self) -> float | None:
+        """Unix time recorded with the key (Flags); None when it never expires or is unknown."""
+        return float(self.flags) if self.flags else None
+
+    @property
+    def done_at(self) -> float | None:
+        """``date_done`` as Unix time (Celery writes ISO 8601, naive meaning UTC)."""
+        text = self.meta.get("date_done") if self.meta else None
+        if not text:
+            return None
+        try:
+            parsed = datetime.fromisoformat(str(text))
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        return parsed.timestamp()
+
+    @property
+    def size(self) -> int:
+        return len(self.value or b"")
+
+
+@dataclass
+class ResultFilter:
+    """What ``ls``/``purge`` select; every condition given must hold."""
+
+    states: frozenset[str] = frozenset()
+    task_globs: tuple[str, ...] = ()
+    older_than: float | None = None
+    newer_than: float | None = None
+    expired: bool = False
+    no_session: bool = False
+    kinds: frozenset[str] = frozenset({"task"})
+    include_unreadable: bool = False
+
+    def matches(self, result: StoredResult, now: float) -> bool:
+        if result.kind not in self.kinds:
+            return False
+        if result.kind == "task" and result.meta is None and not self.include_unreadable:
+            return False  # named like a result, but we cannot tell what it is
+        if self.states and result.state not in self.states:
+            return False
+        if self.task_globs and not any(
+            fnmatch.fnmatchcase(result.task_name or "", g) for g in self.task_globs
+        ):
+            return False
+        when = result.done_at
+        if self.older_than is not None and (when is None or when >= self.older_than):
+            return False
+        if self.newer_than is not None and (when is None or when <= self.newer_than):
+            return False
+        if self.expired and not (result.expires_at and result.expires_at <= now):
+            return False
+        return not (self.no_session and result.session)
+
+
+@dataclass
+class PurgeReport:
+    """What a purge (or a dry run) found and did; deleted + skipped + failed <= matched."""
+
+    matched: int = 0
+    deleted: int = 0
+    skipped: int = 0
+    failed: int = 0
+    dry_run: bool = False
+    in_flight: int = 0  # deletions sent but not yet answered: if the purge stops, in doubt
+
+
+class ResultOperations:
+    """The operations on results under one prefix. ``decode`` turns a stored value into Celery's
+    meta dict; ``expiry`` is the plan the app's ``result_expires`` gets (for ``doctor``)."""
+
+    def __init__(
+        self,
+        store: KVStore,
+        decode: Callable[[bytes], dict] = decode_meta,
+        expiry: ExpiryPlan | None = None,
+    ) -> None:
+        self.store = store
+        self.decode = decode
+        self.expiry = expiry or ExpiryPlan.for_expires(86_400.0)
+
+    @property
+    def prefix(self) -> str:
+        return self.store.prefix
+
+    def iter_results(self, kinds: frozenset[str] = frozenset({"task"})) -> Iterator[StoredResult]:
+        """Every result, group or chord key under the prefix, in key order, read in batches.
+
+        One ``?keys`` listing, then ``/v1/txn`` reads of at most the server's operation limit,
+        so memory holds the key names and one batch, whatever the number of results. Keys that
+        are not Celery's (other applications', other prefixes') are never returned.
+        """
+        parsed = [
+            p
+            for p in (layout.parse_key(self.prefix, k) for k in self.store.list_keys())
+            if p is not None and p.kind in kinds
+        ]
+        size = self.store.txn_ops
+        for pos in range(0, len(parsed), size):
+            chunk = parsed[pos : pos + size]
+            entries = self.store.entries([p.key for p in chunk])
+            for item in chunk:
+                entry = entries[item.key]
+                if entry is not None:
+                    yield self._stored(item, entry)
+
+    def matching(self, selection: ResultFilter) -> Iterator[StoredResult]:
+        """The results ``selection`` picks, as :meth:`iter_results` reads them."""
+        now = time.time()
+        return (r for r in self.iter_results(selection.kinds) if selection.matches(r, now))
+
+    def _stored(self, parsed: layout.ParsedKey, entry: Entry) -> StoredResult:
+        value = entry["Value"]
+        result = StoredResult(
+            parsed.key,
+            parsed.kind,
+            parsed.id,
+            value,
+            entry["Flags"],
+            entry.get("Session", ""),
+            entry["CreateIndex"],
+            entry["ModifyIndex"],
+            entry["LockIndex"],
+        )
+        if parsed.kind != "task":
+            return result
+        try:
+            result.meta = self.decode(value) if value else None
+            if result.meta is None:
+                result.error = "empty value"
+        except Exception as exc:  # garbage or a serializer this app does not accept
+            result.error = f"cannot decode: {type(exc).__name__}: {exc}"[:200]
+        return result
+
+    def _task_key(self, task_id: str) -> layout.ParsedKey:
+        return layout.ParsedKey(self.store.key(f"{layout.TASK_PREFIX}{task_id}"), "task", task_id)
+
+    def fetch(self, task_id: str) -> StoredResult | None:
+        """One result with its Consul metadata (one request); None when there is none."""
+        parsed = self._task_key(task_id)
+        entry = self.store.entry(parsed.key)
+        return None if entry is None else self._stored(parsed, entry)
+
+    def wait(self, task_id: str, timeout: float | None = None) -> StoredResult:
+        """Block (Consul blocking queries, no polling) until the task is ready; raise
+        :class:`WaitTimeout` after ``timeout`` seconds (None: wait as long as it takes)."""
+        parsed = self._task_key(task_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        index = 0
+        while True:
+            wait = BLOCK_SECONDS if deadline is None else max(0.0, deadline - time.monotonic())
+            entry, index = self.store.read_blocking(parsed.key, index, min(wait, BLOCK_SECONDS))
+            found = None if entry is None else self._stored(parsed, entry)
+            if found is not None and (found.meta is None or found.state in READY_STATES):
+                return found
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(f"task {task_id} was not ready within {timeout:g} s")
+
+    def session_info(self, session_id: str) -> dict | None:
+        """The session behind a result (TTL, behaviour, node...), or None once it is gone."""
+        response = self.store.transport.request("GET", f"/v1/session/info/{session_id}")
+        return (response.body or [None])[0]
+
+    def sessions(self) -> list[dict]:
+        """All sessions the agent knows, each with ``Held``: how many keys under the prefix it
+        holds (results of this backend and of Celery's built-in one alike)."""
+        held = Counter(r.session for r in self.iter_results(ALL_KINDS) if r.session)
+        listed = self.store.transport.request("GET", "/v1/session/list").body
+        return [dict(s, Held=held.get(s["ID"], 0)) for s in listed or []]
+
+    def idle_sessions(self, among: set[str] | None = None) -> list[dict]:
+        """Result sessions that hold nothing any more, and provably nothing elsewhere either:
+        ours made for this prefix (the name says so) holding no key under it, and Celery
+        built-in ones (named after the one key they were made for) not holding that key here."""
+        idle = []
+        for session in self.sessions():
+            if session["Held"] or (among is not None and session["ID"] not in among):
+                continue
+            name = session.get("Name") or ""
+            if made_for(name, self.prefix):
+                idle.append(session)
+            elif layout.parse_key(self.prefix, self.store.key(name)) is not None:
+                idle.append(session)  # built-in: its key under this prefix is not held by it
+        return idle
+
+    def destroy_session(self, session_id: str) -> None:
+        """Invalidate a session now: Consul applies its behaviour (ours: delete what it holds)."""
+        self.store.transport.request("PUT", f"/v1/session/destroy/{session_id}")
+
+    def delete_results(
+        self,
+        results: Iterable[StoredResult],
+        dry_run: bool = False,
+        max_delete: int | None = None,
+        on_batch: Callable[[PurgeReport], None] | None = None,
+        report: PurgeReport | None = None,
+    ) -> PurgeReport:
+        """Delete in ``/v1/txn`` batches with delete-cas: a result rewritten since it was read
+        is skipped, not deleted. Stops after ``max_delete`` deletions. The report is filled in
+        batch by batch, so a caller that passes its own still knows what was done when the run
+        stops midway (an interrupt from ``on_batch``, Consul going away)."""
+        report = report or PurgeReport()
+        report.dry_run = dry_run
+        batch: list[StoredResult] = []
+        for result in results:
+            if max_delete is not None and report.matched >= max_delete:
+                break
+            report.matched += 1
+            if dry_run:
+                continue
+            batch.append(result)
+            if len(batch) == self.store.txn_ops:
+                self._delete_batch(batch, report)
+                batch = []
+                if on_batch:
+                    on_batch(report)
+        if batch:
+            self._delete_batch(batch, report)
+        if on_batch:
+            on_batch(report)
+        return report
+
+    def _delete_batch(self, batch: list[StoredResult], report: PurgeReport) -> None:
+        report.in_flight = len(batch)
+        done = self.store.delete_unchanged((r.key, r.modify_index) for r in batch)
+        report.deleted += done.deleted
+        report.skipped += done.skipped
+        report.failed += done.failed
+        report.in_flight = 0
+
+    def purge(
+        self,
+        selection: ResultFilter,
+        dry_run: bool = False,
+        max_delete: int | None = None,
+        on_batch: Callable[[PurgeReport], None] | None = None,
+        report: PurgeReport | None = None,
+    ) -> PurgeReport:
+        """Delete every result under the prefix that ``selection`` matches (see
+        :meth:`delete_results`). Running it again after it stopped midway finishes the job."""
+        chosen = self.matching(selection)
+        return self.delete_results(chosen, dry_run, max_delete, on_batch, report)
+
+    def expire_now(self, task_id: str) -> bool:
+        """Force-expire one result: it is removed now, as its expiry would remove it."""
+        found = self.fetch(task_id)
+        if found is None:
+            return False
+        return self.delete_results([found]).deleted == 1
+
+    def stats(self) -> dict:
+        """Counts by state and task, bytes, oldest/newest, sessions, results without expiry."""
+        by_state: Counter = Counter()
+        by_task: Counter = Counter()
+        sessions: set[str] = set()
+        total = size = no_expiry = 0
+        done = []
+        for result in self.iter_results():
+            total += 1
+            size += result.size
+            by_state[result.state] += 1
+            by_task[result.task_name or "(unknown)"] += 1
+            no_expiry += not result.flags and not result.session
+            if result.session:
+                sessions.add(result.session)
+            if result.done_at:
+                done.append(result.done_at)
+        return {
+            "results": total,
+            "bytes": size,
+            "by_state": dict(by_state),
+            "by_task": dict(by_task),
+            "sessions": len(sessions),
+            "without_expiry": no_expiry,
+            "oldest": min(done, default=None),
+            "newest": max(done, default=None),
+        }
