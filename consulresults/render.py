@@ -11,10 +11,9 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.table import Table
-
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from .operations import PurgeReport, StoredResult
 
 FORMATS = ("table", "json", "ndjson", "tsv", "ids")
@@ -24,10 +23,14 @@ DETAIL_FIELDS = ("name", "args", "kwargs", "worker", "retries", "queue")
 
 
 def stdout_console() -> Console:
+    from rich.console import Console  # only for tables: scripts' formats need no rich
+
     return Console(no_color="NO_COLOR" in os.environ, highlight=False, soft_wrap=False)
 
 
 def stderr_console() -> Console:
+    from rich.console import Console
+
     return Console(stderr=True, no_color="NO_COLOR" in os.environ, highlight=False)
 
 
@@ -71,6 +74,8 @@ def emit(
                 + "\n"
             )
     else:
+        from rich.table import Table
+
         table = Table(*columns, title=title, show_lines=False)
         for row in rows:
             table.add_row(*(_cell(row.get(c)) for c in columns))
@@ -84,6 +89,8 @@ def emit_mapping(data: dict, fmt: str) -> None:
         sys.stdout.write(json.dumps(data, indent=indent, default=str) + "\n")
         return
     if fmt == "table":
+        from rich.table import Table
+
         table = Table("field", "value", show_header=False)
         for key, value in data.items():
             table.add_row(key, _cell(value))

@@ -220,3 +220,16 @@ def test_announce_prints_the_line_whose_last_word_is_the_url(capsys):
     assert (
         capsys.readouterr().out == "consul-results dev-server listening on http://127.0.0.1:8500\n"
     )
+
+
+def test_the_command_and_the_options_agree_on_every_default():
+    """The CLI declares the options for Typer; DevServerOptions is what a Python caller builds:
+    the same names and the same defaults, so both start the same server."""
+    import dataclasses
+    import inspect
+
+    from consulresults.commands.devserver import dev_server
+
+    command = {name: p.default for name, p in inspect.signature(dev_server).parameters.items()}
+    options = {f.name: f.default for f in dataclasses.fields(DevServerOptions)}
+    assert command == options
