@@ -32,13 +32,16 @@ from kombu.utils.encoding import bytes_to_str
 from .connection import ConsulClient, connect, is_transient
 from .expiry import MIN_TTL, ExpiryPlan
 from .kv import KVStore, ValueTooLarge, WriteConflict
-from .operations import ALL_KINDS, ResultFilter, ResultOperations
+from .operations import ALL_KINDS, BLOCK_SECONDS, ResultFilter, ResultOperations
 from .retry import RetryPolicy
 from .settings import OPTIONS, ConsulSettings, SettingsError, resolve
 
 logger = get_logger(__name__)
 
-BLOCK_SECONDS = 10.0
+
+class ConsulWriteConflict(BackendStoreError):
+    """Other writers kept changing a key (or Consul kept failing) for longer than the write
+    loop's patience (60 s)."""
 
 
 class ConsulBackend(KeyValueStoreBackend):
@@ -108,7 +111,7 @@ class ConsulBackend(KeyValueStoreBackend):
 
     def operations(self) -> ResultOperations:
         """The CLI's operations on this backend's results, decoded as this app decodes them."""
-        return ResultOperations(self.store, self.decode_result, self.expiry)
+        return ResultOperations(self.store, self.expiry, self.decode_result, self._retry_policy())
 
     def _key(self, name: str | bytes) -> str:
         return self.store.key(bytes_to_str(name))
@@ -168,8 +171,16 @@ class ConsulBackend(KeyValueStoreBackend):
         data = value.encode() if isinstance(value, str) else value
         try:
             self.store.write(key, data, plan, keep, final)
-        except (ValueTooLarge, WriteConflict) as exc:
+        except ValueTooLarge as exc:
             raise BackendStoreError(str(exc)) from exc
+        except WriteConflict as exc:
+            raise ConsulWriteConflict(str(exc)) from exc
+
+    def _update(self, key: str, change: Callable, plan: ExpiryPlan, create: bool = False) -> None:
+        try:
+            self.store.update(key, change, plan, create)
+        except WriteConflict as exc:
+            raise ConsulWriteConflict(str(exc)) from exc
 
     def _is_success(self, value: bytes | None) -> bool:
         if not value:
@@ -201,12 +212,12 @@ class ConsulBackend(KeyValueStoreBackend):
             outcome["count"] = count + 1
             return json.dumps({"count": count + 1, "recent": [*recent, nonce][-1000:]}).encode()
 
-        self.store.update(self._key(key), add_one, self._plan(self.chord_expires), create=True)
+        self._update(self._key(key), add_one, self._plan(self.chord_expires), create=True)
         return outcome["count"]
 
     def expire(self, key: str | bytes, value: float | int | None) -> None:
         """Make ``key`` live ``value`` more seconds from now (0/None: no expiry)."""
-        self.store.update(self._key(key), lambda current: current or b"", self._plan(value or None))
+        self._update(self._key(key), lambda current: current or b"", self._plan(value or None))
 
     # ------------------------------------------------------------------ waiting
 
@@ -232,9 +243,13 @@ class ConsulBackend(KeyValueStoreBackend):
                 raise TimeoutError("The operation timed out.")
 
     def _retrying(self, fn: Callable, *args):
+        return self._retry_policy().call(lambda: fn(*args))
+
+    def _retry_policy(self) -> RetryPolicy:
         """Celery's retry policy (``result_backend_always_retry`` and its back-off settings) for
-        the reads Celery does not wrap itself: waits and joins (``get()``, chord joins). Without
-        it, an outage longer than the read retries ends a wait that had time left."""
+        the reads Celery does not wrap itself: waits and joins (``get()``, chord joins, the
+        CLI's ``get --wait -A``). Without it, an outage longer than the read retries ends a wait
+        that had time left."""
 
         def delay(retries: int) -> float:
             return (
@@ -250,13 +265,12 @@ class ConsulBackend(KeyValueStoreBackend):
         def log(exc: BaseException, retries: int) -> None:
             logger.warning("Consul read failed (%s); retrying (%d so far)", exc, retries)
 
-        policy = RetryPolicy(
-            lambda exc: bool(self.always_retry) and is_transient(exc),
+        return RetryPolicy(
+            lambda exc: bool(self.always_retry) and self.exception_safe_to_retry(exc),
             delay,
             max_retries=self.max_retries,
             on_retry=log,
         )
-        return policy.call(lambda: fn(*args))
 
     @staticmethod
     def _block_time(deadline: float | None, on_interval) -> float:

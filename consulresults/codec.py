@@ -39,15 +39,20 @@ def _loads(payload: bytes) -> Any:
     if payload.startswith(_PICKLE):
         raise UnreadableResult("pickle: only an app that accepts pickle may read it (use -A)")
     if payload[:1] and payload[0] in _MSGPACK_MAPS:
-        import msgpack
-
-        return msgpack.unpackb(payload, raw=False)
+        return _module("msgpack").unpackb(payload, raw=False)
     text = payload.decode("utf-8")
     if text.lstrip().startswith("{"):
         return json.loads(text, object_hook=_kombu_json)
-    import yaml
+    return _module("yaml").safe_load(text)
 
-    return yaml.safe_load(text)
+
+def _module(name: str) -> Any:
+    """msgpack and PyYAML are optional, as they are for Celery."""
+    try:
+        return __import__(name)
+    except ImportError:
+        package = "pyyaml" if name == "yaml" else name
+        raise UnreadableResult(f"{name} results need the {package} package installed") from None
 
 
 def _kombu_json(obj: dict) -> object:

@@ -25,6 +25,7 @@ from requests.adapters import HTTPAdapter
 from .settings import ConsulSettings, SettingsError
 
 POOL_SIZE = 32
+_CONSISTENT_READS = ("/v1/kv/", "/v1/session/info/", "/v1/session/list")
 
 
 class ConsulError(consul.base.ConsulException):
@@ -45,7 +46,11 @@ class ConsulError(consul.base.ConsulException):
 
 
 class PermissionDenied(ConsulError, consul.base.ACLPermissionDenied):
-    """The ACL token may not do this (a 403, or a "Permission denied" operation in a txn)."""
+    """The ACL token may not do this (a 403, or a "Permission denied" operation in a txn).
+    Its text is Consul's own, as python-consul2 gives it."""
+
+    def __str__(self) -> str:
+        return self.text
 
 
 class ConsulTimeout(requests.Timeout):
@@ -241,7 +246,7 @@ class Transport(consul.base.HTTPClient):
         """One request; an answer whose status is not in ``expect`` raises :class:`ConsulError`."""
         data = None if body is None else json.dumps(body)
         params = list(params or [])
-        if method == "GET" and path.startswith("/v1/kv/") and self.consistency != "default":
+        if method == "GET" and path.startswith(_CONSISTENT_READS) and self.consistency != "default":
             params.append((self.consistency, "1"))
 
         def decoded(answer: consul.base.Response) -> Response:
@@ -262,7 +267,9 @@ class Transport(consul.base.HTTPClient):
         response = self.request("PUT", "/v1/txn", body=ops, expect=(200, 409))
         if response.status == 200:
             return TxnAnswer(response.body["Results"] or [], [])
-        errors = response.body["Errors"] if isinstance(response.body, dict) else []
+        if not isinstance(response.body, dict) or "Errors" not in response.body:
+            raise error_for(response)  # not Consul's answer (a proxy's?): no conflict to retry
+        errors = response.body["Errors"]
         for error in errors:
             if error["What"].startswith("Permission denied"):
                 raise PermissionDenied(403, error["What"])

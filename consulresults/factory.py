@@ -42,7 +42,7 @@ def open_operations(
         raise SettingsError(f"consulresults backend: {exc}") from None
     store = KVStore(transport, settings.prefix)
     expiry = ExpiryPlan.for_expires(CELERY_DEFAULT_EXPIRES, settings.session_window)
-    return ResultOperations(store, expiry=expiry)
+    return ResultOperations(store, expiry)
 
 
 def strip_class_path(url: str) -> str:

@@ -16,11 +16,10 @@ from __future__ import annotations
 import base64
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 
 from . import layout
-from .connection import ConsulError, Transport, is_transient
+from .connection import ConsulError, Transport, TxnAnswer, is_transient
 from .expiry import ExpiryPlan, SessionPool
 from .retry import RetryPolicy, doubling, full_jitter
 
@@ -45,15 +44,6 @@ class ValueTooLarge(ValueError):
 
 class _LostRace(Exception):
     """The key changed between the read and the write: read again."""
-
-
-@dataclass(frozen=True)
-class Batch:
-    """What one delete-cas batch did: deleted, skipped (rewritten meanwhile), failed."""
-
-    deleted: int = 0
-    skipped: int = 0
-    failed: int = 0
 
 
 def decode_value(value: str | None) -> bytes | None:
@@ -282,21 +272,15 @@ class KVStore:
         self._forget(key)
         self.transport.request("DELETE", f"/v1/kv/{key}")
 
-    def delete_unchanged(self, indexes: Iterable[tuple[str, int]]) -> Batch:
-        """Delete each key only if it is still at the given ModifyIndex (delete-cas, one txn):
-        a key rewritten since it was read is skipped, not deleted."""
-        pairs = list(indexes)
-        ops = [{"KV": {"Verb": "delete-cas", "Key": k, "Index": i}} for k, i in pairs]
-        answer = self.transport.txn(ops)
+    def delete_unchanged(self, pairs: list[tuple[str, int]]) -> TxnAnswer:
+        """Delete each key only if it is still at the given ModifyIndex (delete-cas, one txn).
+        If any was rewritten since it was read, nothing is deleted and the answer's errors name
+        those operations (``OpIndex``)."""
         for key, _ in pairs:
             self._forget(key)
-        if answer.applied:
-            return Batch(deleted=len(ops))
-        stale = {e["OpIndex"] for e in answer.errors}
-        rest = [op for i, op in enumerate(ops) if i not in stale]
-        if rest and self.transport.txn(rest).applied:
-            return Batch(deleted=len(rest), skipped=len(stale))
-        return Batch(skipped=len(stale), failed=len(rest))
+        return self.transport.txn(
+            [{"KV": {"Verb": "delete-cas", "Key": k, "Index": i}} for k, i in pairs]
+        )
 
     def _forget(self, key: str) -> None:
         with self._known_lock:

@@ -14,15 +14,17 @@ from datetime import datetime, timezone
 
 from . import layout
 from .codec import decode_meta
+from .connection import ConsulError
 from .expiry import ExpiryPlan, made_for
 from .kv import Entry, KVStore
+from .retry import RetryPolicy
 
 READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 BLOCK_SECONDS = 10.0
 ALL_KINDS = frozenset(layout.KINDS.values())
 
 
-class WaitTimeout(TimeoutError):
+class WaitTimeout(Exception):
     """The result was not ready within the time given."""
 
 
@@ -125,18 +127,21 @@ class PurgeReport:
 
 
 class ResultOperations:
-    """The operations on results under one prefix. ``decode`` turns a stored value into Celery's
-    meta dict; ``expiry`` is the plan the app's ``result_expires`` gets (for ``doctor``)."""
+    """The operations on results under one prefix. ``expiry`` is the plan the app's
+    ``result_expires`` gets (for ``doctor``); ``decode`` turns a stored value into Celery's meta
+    dict; ``retry`` wraps waits (an app's ``result_backend_always_retry`` policy)."""
 
     def __init__(
         self,
         store: KVStore,
+        expiry: ExpiryPlan,
         decode: Callable[[bytes], dict] = decode_meta,
-        expiry: ExpiryPlan | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.store = store
+        self.expiry = expiry
         self.decode = decode
-        self.expiry = expiry or ExpiryPlan.for_expires(86_400.0)
+        self.retry = retry
 
     @property
     def prefix(self) -> str:
@@ -208,12 +213,16 @@ class ResultOperations:
         index = 0
         while True:
             wait = BLOCK_SECONDS if deadline is None else max(0.0, deadline - time.monotonic())
-            entry, index = self.store.read_blocking(parsed.key, index, min(wait, BLOCK_SECONDS))
+            entry, index = self._read_blocking(parsed.key, index, min(wait, BLOCK_SECONDS))
             found = None if entry is None else self._stored(parsed, entry)
             if found is not None and (found.meta is None or found.state in READY_STATES):
                 return found
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(f"task {task_id} was not ready within {timeout:g} s")
+
+    def _read_blocking(self, key: str, index: int, wait: float) -> tuple[Entry | None, int]:
+        read = lambda: self.store.read_blocking(key, index, wait)  # noqa: E731
+        return self.retry.call(read) if self.retry else read()
 
     def session_info(self, session_id: str) -> dict | None:
         """The session behind a result (TTL, behaviour, node...), or None once it is gone."""
@@ -280,12 +289,31 @@ class ResultOperations:
         return report
 
     def _delete_batch(self, batch: list[StoredResult], report: PurgeReport) -> None:
-        report.in_flight = len(batch)
-        done = self.store.delete_unchanged((r.key, r.modify_index) for r in batch)
-        report.deleted += done.deleted
-        report.skipped += done.skipped
-        report.failed += done.failed
+        """One delete-cas txn; if some results were rewritten meanwhile, they are skipped and
+        the rest is sent once more. The report is exact at every step, should the run stop."""
+        pairs = [(r.key, r.modify_index) for r in batch]
+        report.in_flight = len(pairs)
+        answer = self.store.delete_unchanged(pairs)
+        if answer.applied:
+            report.deleted += len(pairs)
+        else:
+            stale = {e["OpIndex"] for e in answer.errors}
+            report.skipped += len(stale)
+            rest = [pair for i, pair in enumerate(pairs) if i not in stale]
+            report.in_flight = len(rest)
+            if rest and self._delete_rest(rest):
+                report.deleted += len(rest)
+            else:
+                report.failed += len(rest)
         report.in_flight = 0
+
+    def _delete_rest(self, pairs: list[tuple[str, int]]) -> bool:
+        """The second try of a batch: a refusal or an error answer counts as failed (the purge
+        goes on); only a lost connection stops it."""
+        try:
+            return self.store.delete_unchanged(pairs).applied
+        except ConsulError:
+            return False
 
     def purge(
         self,
