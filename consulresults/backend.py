@@ -82,6 +82,7 @@ class ConsulBackend(KeyValueStoreBackend):
             self.expires if failure is None else self.prepare_expires(failure, type=float)
         )
         self.expiry = self._plan(self.expires)
+        self._wait_policy = self._retry_policy()
 
     def _plan(self, expires: float | None) -> ExpiryPlan:
         if expires and expires < MIN_TTL:
@@ -111,7 +112,7 @@ class ConsulBackend(KeyValueStoreBackend):
 
     def operations(self) -> ResultOperations:
         """The CLI's operations on this backend's results, decoded as this app decodes them."""
-        return ResultOperations(self.store, self.expiry, self.decode_result, self._retry_policy())
+        return ResultOperations(self.store, self.expiry, self.decode_result, self._wait_policy)
 
     def _key(self, name: str | bytes) -> str:
         return self.store.key(bytes_to_str(name))
@@ -243,7 +244,7 @@ class ConsulBackend(KeyValueStoreBackend):
                 raise TimeoutError("The operation timed out.")
 
     def _retrying(self, fn: Callable, *args):
-        return self._retry_policy().call(lambda: fn(*args))
+        return self._wait_policy.call(lambda: fn(*args))
 
     def _retry_policy(self) -> RetryPolicy:
         """Celery's retry policy (``result_backend_always_retry`` and its back-off settings) for

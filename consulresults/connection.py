@@ -91,6 +91,10 @@ class TxnAnswer:
     def applied(self) -> bool:
         return self.results is not None
 
+    def error(self) -> ConsulError:
+        """A refusal the caller cannot recover from, as Consul answered it."""
+        return ConsulError(409, json.dumps({"Errors": self.errors}))
+
 
 def error_for(response: Response) -> ConsulError:
     """The exception for an answer the caller did not expect."""

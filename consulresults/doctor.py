@@ -75,7 +75,7 @@ def _write(ops: ResultOperations) -> str:
         ]
     )
     if not answer.applied:
-        raise ConsulError(409, str(answer.errors))
+        raise answer.error()
     return f"set and deleted {probe}"
 
 

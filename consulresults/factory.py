@@ -34,9 +34,8 @@ def open_operations(
 
         url = strip_class_path(url or app.conf.result_backend or DEFAULT_URL)
         return ConsulBackend(app=app, url=url, overrides=overrides).operations()
-    explicit = {k: v for k, v in (overrides or {}).items() if v is not None}
     try:
-        settings = resolve(strip_class_path(url or DEFAULT_URL), explicit)
+        settings = resolve(strip_class_path(url or DEFAULT_URL), overrides)
         transport = connect(settings)
     except SettingsError as exc:  # worded as the backend words it, with or without an app
         raise SettingsError(f"consulresults backend: {exc}") from None

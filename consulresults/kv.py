@@ -106,7 +106,7 @@ class KVStore:
             if any("get-or-empty" in e["What"] for e in answer.errors):
                 self._get_or_empty = False  # before Consul 1.14: no such verb
                 return None
-            raise ConsulError(409, str(answer.errors))
+            raise answer.error()
         entries = (r["KV"] for r in answer.results or ())
         return {e["Key"]: _decoded(e) if e["CreateIndex"] else None for e in entries}
 
@@ -221,13 +221,12 @@ class KVStore:
         to the caller (Celery retries stores under ``result_backend_always_retry``). Lost races
         back off with jitter, so many writers of one key (a chord's counter) all get through;
         the loop gives up after ``WRITE_PATIENCE`` seconds."""
-        attempts = [first]
         tries = 0
 
         def attempt() -> bool:
-            nonlocal tries
+            nonlocal tries, first
             tries += 1
-            known = attempts.pop() if attempts else None
+            known, first = first, None  # only the first attempt may skip the read
             if known is None:
                 entry = self.entry(key)
                 value = decide(entry)
