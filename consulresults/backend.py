@@ -12,13 +12,15 @@ KV core (:mod:`consulresults.kv`), which owns how results live in Consul:
 - Expiry beyond what sessions can express (over 24 h, or ``None``) is recorded in the key's
   ``Flags`` and enforced by :meth:`ConsulBackend.cleanup`.
 - ``mget`` is batched through ``/v1/txn``; ``wait_for`` uses Consul blocking queries.
+- Chords count their header without a counter key (:mod:`consulresults.chords`): a part costs
+  one request, and the part that completes the header has every result, so no worker ever
+  waits on a join.
 """
 
 from __future__ import annotations
 
-import json
+import threading
 import time
-import uuid
 import warnings
 from collections.abc import Callable, Mapping
 
@@ -29,6 +31,8 @@ from celery.utils.log import get_logger
 from celery.utils.time import get_exponential_backoff_interval
 from kombu.utils.encoding import bytes_to_str
 
+from .celery_chords import ChordMixin
+from .chords import ChordStore
 from .connection import ConsulClient, connect, is_transient
 from .expiry import MIN_TTL, ExpiryPlan
 from .kv import KVStore, ValueTooLarge, WriteConflict
@@ -44,7 +48,7 @@ class ConsulWriteConflict(BackendStoreError):
     loop's patience (60 s)."""
 
 
-class ConsulBackend(KeyValueStoreBackend):
+class ConsulBackend(ChordMixin, KeyValueStoreBackend):
     """Consul KV result backend: atomic writes, reused sessions, batched reads, blocking waits."""
 
     supports_native_join = True
@@ -74,6 +78,8 @@ class ConsulBackend(KeyValueStoreBackend):
         self._overrides = dict(overrides or {})
         self.client = ConsulClient(self.transport)
         self.store = KVStore(self.transport, self.settings.prefix)
+        self.chords = ChordStore(self.store)
+        self._waits = threading.local()
         self.prefix = self.settings.prefix
         _warn_if_token_in_user_part(url)
         self.expires = self.prepare_expires(kwargs.get("expires"), type=float)
@@ -196,50 +202,35 @@ class ConsulBackend(KeyValueStoreBackend):
 
     # ------------------------------------------------------------------ counters and expiry
 
-    def incr(self, key: str | bytes) -> int:
-        """Atomically add one and return the new count; safe to repeat after a lost answer.
-
-        The counter remembers the last writers' nonces: if the answer to our write was lost, the
-        next read shows whether it landed, so a chord part is never counted twice.
-        """
-        nonce = uuid.uuid4().hex[:16]
-        outcome: dict[str, int] = {}
-
-        def add_one(value: bytes | None) -> bytes | None:
-            count, recent = _parse_counter(value)
-            if nonce in recent:  # our earlier attempt landed
-                outcome["count"] = count - (len(recent) - 1 - recent.index(nonce))
-                return None
-            outcome["count"] = count + 1
-            return json.dumps({"count": count + 1, "recent": [*recent, nonce][-1000:]}).encode()
-
-        self._update(self._key(key), add_one, self._plan(self.chord_expires), create=True)
-        return outcome["count"]
-
-    def expire(self, key: str | bytes, value: float | int | None) -> None:
-        """Make ``key`` live ``value`` more seconds from now (0/None: no expiry)."""
-        self._update(self._key(key), lambda current: current or b"", self._plan(value or None))
-
     # ------------------------------------------------------------------ waiting
 
     def wait_for(self, task_id, timeout=None, interval=0.5, no_ack=True, on_interval=None):
-        """Wait with Consul blocking queries: the answer comes as soon as the result is stored."""
+        """Wait with Consul blocking queries: the answer comes as soon as the result is stored.
+
+        ``on_interval`` is how ``AsyncResult.get()`` checks the parents (a chord's header):
+        it runs between rounds, and once more when the result has failed, so ``get()`` raises
+        the failed header task's own error, as with Celery's Redis backend. A round lasts at
+        least ten times what the last check took, so checking a 1,000-task header never
+        crowds out the wait itself."""
         self._ensure_not_eager()
         cached = self._cache.get(task_id)
         if cached and cached["status"] in states.READY_STATES:
             return cached
+        timeout = self._bounded(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         key = self._key(self.get_key_for_task(task_id))
-        index = 0
+        index, checking = 0, 0.0
         while True:
-            wait = self._block_time(deadline, on_interval)
+            wait = self._block_time(deadline, on_interval, checking)
             meta, index = self._retrying(self._meta_blocking, key, index, wait)
+            if on_interval and meta["status"] != states.SUCCESS:
+                started = time.monotonic()
+                on_interval()
+                checking = time.monotonic() - started
             if meta["status"] in states.READY_STATES:
                 if meta["status"] == states.SUCCESS:
                     self._cache[task_id] = meta
                 return meta
-            if on_interval:
-                on_interval()
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError("The operation timed out.")
 
@@ -274,8 +265,8 @@ class ConsulBackend(KeyValueStoreBackend):
         )
 
     @staticmethod
-    def _block_time(deadline: float | None, on_interval) -> float:
-        wait = 1.0 if on_interval else BLOCK_SECONDS
+    def _block_time(deadline: float | None, on_interval, checking: float = 0.0) -> float:
+        wait = max(1.0, 10 * checking) if on_interval else BLOCK_SECONDS
         if deadline is not None:
             wait = min(wait, max(0.0, deadline - time.monotonic()))
         return wait
@@ -305,6 +296,7 @@ class ConsulBackend(KeyValueStoreBackend):
             if cached and cached["status"] in READY_STATES:
                 ids.discard(task_id)
                 yield bytes_to_str(task_id), cached
+        timeout = self._bounded(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         iterations = 0
         while ids:
@@ -360,13 +352,3 @@ def _warn_if_token_in_user_part(url: str | None) -> None:
                 UserWarning,
                 stacklevel=4,
             )
-
-
-def _parse_counter(value: bytes | None) -> tuple[int, list[str]]:
-    if not value:
-        return 0, []
-    try:
-        data = json.loads(value)
-        return int(data["count"]), list(data.get("recent", []))
-    except (ValueError, TypeError, KeyError):
-        return int(value), []  # a plain counter

@@ -50,6 +50,10 @@ def decode_value(value: str | None) -> bytes | None:
     return base64.b64decode(value) if value else None
 
 
+def encode_value(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
 def _decoded(entry: dict) -> Entry:
     return {**entry, "Value": decode_value(entry.get("Value"))}
 
@@ -290,8 +294,7 @@ def _write_ops(
     key: str, data: bytes, flags: int, session: str | None, known: tuple[int, str] | None
 ) -> list[dict]:
     """check (absent, or unchanged since read) + unlock another holder + lock (or set)."""
-    value = base64.b64encode(data).decode()
-    written = {"Key": key, "Value": value, "Flags": flags}
+    written = {"Key": key, "Value": encode_value(data), "Flags": flags}
     if known is None:
         ops: list[dict] = [{"KV": {"Verb": "check-not-exists", "Key": key}}]
     else:

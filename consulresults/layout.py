@@ -1,7 +1,8 @@
 """How results are named in Consul's KV store: Celery's own key layout, with safe task ids.
 
 Keys are ``<prefix>/celery-task-meta-<id>``, ``<prefix>/celery-taskset-meta-<id>`` and
-``<prefix>/chord-unlock-<id>``, exactly as Celery's built-in Consul backend writes them, so either
+``<prefix>/chord-unlock-<id>``, exactly as Celery's built-in Consul backend writes them (a chord
+in flight also has keys under ``<prefix>/chord-unlock-<id>/``), so either
 backend reads the other's results. Ids made of ordinary characters (every UUID, every id Celery
 generates) are used verbatim; anything else is percent-encoded, so a task id can never add a path
 segment, climb out of the prefix (``..``), or carry control characters into a key.
@@ -51,8 +52,10 @@ def parse_key(prefix: str, key: str) -> ParsedKey | None:
     if not key.startswith(head):
         return None
     name = key[len(head) :]
-    if "/" in name:
-        return None
+    if "/" in name:  # a chord's own keys live under chord-unlock-<id>/ (see chords.py)
+        name, _, _ = name.partition("/")
+        if not name.startswith(CHORD_PREFIX):
+            return None
     for marker, kind in KINDS.items():
         if name.startswith(marker) and len(name) > len(marker):
             return ParsedKey(key, kind, unescape(name[len(marker) :]))

@@ -13,7 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
-from celery import Celery
+from celery import Celery, group
 
 from consulresults.demo import filesystem_broker
 
@@ -74,12 +74,46 @@ def register_tasks(app: Celery) -> None:
     def huge(size):
         return "x" * size
 
+    @app.task(name="e2e.identity", shared=False)
+    def identity(value):
+        return value
+
+    @app.task(name="e2e.flatsum", shared=False)
+    def flatsum(values):
+        total = _flat_sum(values)
+        mark("body", total)
+        return total
+
+    @app.task(name="e2e.replace_with", shared=False, bind=True)
+    def replace_with(self, kind, value):
+        step = app.signature("e2e.add", (value, 0), immutable=True)
+        plus = app.signature("e2e.add", (1,))
+        replacement = {
+            "task": step,
+            "chain": step | plus,
+            "group": group(step, app.signature("e2e.add", (value, 1), immutable=True)),
+        }[kind]
+        return self.replace(replacement)
+
+    @app.task(name="e2e.errback", shared=False)
+    def errback(request, exc, traceback):
+        mark("errback", f"{request.id} {type(exc).__name__}")
+
     @app.task(name="e2e.tsum", shared=False)
     def tsum(values):
-        mark_dir = os.environ.get("E2E_MARK_DIR")
-        if mark_dir:
-            Path(mark_dir, f"body-{uuid.uuid4().hex}").write_text(str(sum(values)))
+        mark("body", sum(values))
         return sum(values)
+
+
+def _flat_sum(values: list) -> int:
+    return sum(_flat_sum(v) if isinstance(v, list) else v for v in values)
+
+
+def mark(kind: str, text: object) -> None:
+    """Leave a file in E2E_MARK_DIR, so a test can count how often something ran."""
+    mark_dir = os.environ.get("E2E_MARK_DIR")
+    if mark_dir:
+        Path(mark_dir, f"{kind}-{uuid.uuid4().hex}").write_text(str(text))
 
 
 app = make_app(  # the worker's: E2E_CONF holds extra Celery settings as JSON
