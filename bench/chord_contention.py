@@ -26,7 +26,7 @@ def make_backend(address: str, prefix: str):
     return app.backend
 
 
-def run_parts(address, prefix, kind, group_id, task_ids, start_at, out) -> None:
+def run_parts(address, prefix, kind, group_id, task_ids, total, start_at, out) -> None:
     """One process: a thread per part, all released at ``start_at``."""
     backend = make_backend(address, prefix)
     plan = ExpiryPlan.for_expires(backend.chord_expires)
@@ -40,7 +40,7 @@ def run_parts(address, prefix, kind, group_id, task_ids, start_at, out) -> None:
         if kind == "per-part keys":
             fired = backend.chords.record_part(group_id, task_id, b'["x"]', plan)
         else:
-            fired = backend.incr(backend.get_key_for_chord(group_id)) == TOTAL[0]
+            fired = backend.incr(backend.get_key_for_chord(group_id)) == total
         with lock:
             results.append((time.perf_counter() - began, fired))
 
@@ -52,14 +52,10 @@ def run_parts(address, prefix, kind, group_id, task_ids, start_at, out) -> None:
     out.put(results)
 
 
-TOTAL = [0]
-
-
 def measure(server, kind: str, processes: int, threads: int) -> dict:
     prefix = f"bench-{uuid.uuid4().hex[:6]}"
     group_id = str(uuid.uuid4())
     task_ids = [str(uuid.uuid4()) for _ in range(processes * threads)]
-    TOTAL[0] = len(task_ids)
     backend = make_backend(server.address, prefix)
     if kind == "per-part keys":
         backend.chords.start(group_id, task_ids, ExpiryPlan.for_expires(backend.chord_expires))
@@ -68,7 +64,16 @@ def measure(server, kind: str, processes: int, threads: int) -> dict:
     workers = [
         multiprocessing.Process(
             target=run_parts,
-            args=(server.address, prefix, kind, group_id, task_ids[i::processes], start_at, out),
+            args=(
+                server.address,
+                prefix,
+                kind,
+                group_id,
+                task_ids[i::processes],
+                len(task_ids),
+                start_at,
+                out,
+            ),
         )
         for i in range(processes)
     ]

@@ -19,7 +19,6 @@ KV core (:mod:`consulresults.kv`), which owns how results live in Consul:
 
 from __future__ import annotations
 
-import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -29,7 +28,7 @@ from celery.backends.base import KeyValueStoreBackend
 from celery.exceptions import BackendStoreError, ImproperlyConfigured, TimeoutError
 from celery.utils.log import get_logger
 from celery.utils.time import get_exponential_backoff_interval
-from kombu.utils.encoding import bytes_to_str
+from kombu.utils.encoding import bytes_to_str, str_to_bytes
 
 from .celery_chords import ChordMixin
 from .chords import ChordStore
@@ -79,7 +78,6 @@ class ConsulBackend(ChordMixin, KeyValueStoreBackend):
         self.client = ConsulClient(self.transport)
         self.store = KVStore(self.transport, self.settings.prefix)
         self.chords = ChordStore(self.store)
-        self._waits = threading.local()
         self.prefix = self.settings.prefix
         _warn_if_token_in_user_part(url)
         self.expires = self.prepare_expires(kwargs.get("expires"), type=float)
@@ -175,9 +173,8 @@ class ConsulBackend(ChordMixin, KeyValueStoreBackend):
         keep: Callable[[bytes | None], bool] | None = None,
         final: bool = False,
     ) -> None:
-        data = value.encode() if isinstance(value, str) else value
         try:
-            self.store.write(key, data, plan, keep, final)
+            self.store.write(key, str_to_bytes(value), plan, keep, final)
         except ValueTooLarge as exc:
             raise BackendStoreError(str(exc)) from exc
         except WriteConflict as exc:
@@ -199,8 +196,6 @@ class ConsulBackend(ChordMixin, KeyValueStoreBackend):
 
     def delete(self, key: str | bytes) -> None:
         self.store.delete(self._key(key))
-
-    # ------------------------------------------------------------------ counters and expiry
 
     # ------------------------------------------------------------------ waiting
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -20,6 +21,8 @@ from celery.canvas import maybe_signature
 from celery.exceptions import ChordError
 from celery.result import GroupResult, ResultBase, result_from_tuple
 from celery.utils.log import get_logger
+from kombu.utils.encoding import str_to_bytes
+from kombu.utils.objects import cached_property
 
 from .chords import ChordUnknown
 
@@ -29,7 +32,12 @@ JOIN_BOUND = 3.0  # Celery's default result_chord_join_timeout
 
 class ChordMixin(KeyValueStoreBackend):
     """Chords for :class:`consulresults.backend.ConsulBackend` (which provides ``chords``,
-    ``_plan``, ``_write``, ``_update``, ``_key`` and ``_waits``)."""
+    ``_plan``, ``_write``, ``_update`` and ``_key``)."""
+
+    @cached_property
+    def _waits(self) -> threading.local:
+        """This thread's wait deadline, if a chord join set one (:meth:`_waits_bounded`)."""
+        return threading.local()
 
     def _apply_chord_incr(self, header_result_args, body, **kwargs) -> None:
         """Celery calls this as ``apply_chord`` (its key/value base binds it when
@@ -70,8 +78,7 @@ class ChordMixin(KeyValueStoreBackend):
         group_id, task_id = request.group, request.id
         if not group_id or not task_id:
             return
-        value = self.encode([task_id, state, self.encode_result(result, state)])
-        data = value.encode() if isinstance(value, str) else value
+        data = str_to_bytes(self.encode([task_id, state, self.encode_result(result, state)]))
         try:
             fire = self.chords.record_part(group_id, task_id, data, self._plan(self.chord_expires))
         except ChordUnknown:
@@ -123,7 +130,8 @@ class ChordMixin(KeyValueStoreBackend):
         return values
 
     def _kept_while_chord_runs(self) -> float | None:
-        """The header's GroupResult lives as long as the chord's state, or the results."""
+        """The header's GroupResult lives as long as the chord's state, or the results (what
+        Celery 5.7 calls ``_chord_result_expires``; earlier Celery has no such property)."""
         if not self.chord_expires or not self.expires:
             return None
         return max(self.chord_expires, self.expires)

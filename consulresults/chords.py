@@ -6,7 +6,7 @@ own, and the transaction that writes it also reads the part's *bucket* (header t
 spread over 16 buckets by CRC-32), so the part whose write completes a bucket knows it. Under
 ``<prefix>/chord-unlock-<group id>/``:
 
-- ``chord``: the chord's record (its size and which buckets hold parts), written at apply time;
+- ``chord``: the chord's record (which buckets hold parts), written at apply time;
   it stays as a tombstone once the body was sent, so a late duplicate of a part does nothing.
 - ``b<k>``: the ids of the header tasks in bucket ``k``, written at apply time.
 - ``b<k>/<task id>``: one part's state and result, written by the part (one txn that also reads
@@ -69,14 +69,14 @@ class ChordStore:
     # ------------------------------------------------------------------ apply time
 
     def start(self, group_id: str, task_ids: Iterable[str], plan: ExpiryPlan) -> None:
-        """Record a chord about to be sent: its size and each bucket's task ids (one txn, more
-        for headers too large for one). Anything left by an earlier run of the same group id
-        (a re-applied chord) goes first. The header is sent only after this returns."""
+        """Record a chord about to be sent: which buckets hold parts, and their task ids (one
+        txn, more for headers too large for one). Anything left by an earlier run of the same
+        group id (a re-applied chord) goes first. The header is sent only after this returns."""
         buckets: dict[int, list[str]] = {}
         for task_id in task_ids:
             buckets.setdefault(bucket_of(task_id), []).append(task_id)
         base = self.base(group_id)
-        record = {"v": 2, "size": sum(map(len, buckets.values())), "buckets": sorted(buckets)}
+        record = {"v": 2, "buckets": sorted(buckets)}
         writes = {f"{base}/chord": record} | {f"{base}/b{k}": ids for k, ids in buckets.items()}
         batch = [{"KV": {"Verb": "delete-tree", "Key": f"{base}/"}}]
         for key, value in writes.items():
@@ -101,7 +101,6 @@ class ChordStore:
             bucket = found.get(f"{base}/b{k}")
             ids = json.loads(bucket["Value"]) if bucket else []
             info = json.loads(record["Value"])
-            info["size"] += 1
             info["buckets"] = sorted({*info["buckets"], k})
             ops = [
                 _check(f"{base}/chord", record),
@@ -122,13 +121,14 @@ class ChordStore:
         Raises :class:`ChordUnknown` when the chord has no record (an earlier release's)."""
         base, k = self.base(group_id), bucket_of(task_id)
         members = f"{base}/b{k}"
+        mine = f"{members}/{layout.escape(task_id)}"
         reads = [
             {"KV": {"Verb": "get", "Key": members}},
             {"KV": {"Verb": "get-tree", "Key": f"{members}/"}},
         ]
 
         def attempt() -> dict[str, Entry] | None:
-            part = self._put(f"{members}/{layout.escape(task_id)}", value, plan)
+            part = self._put(mine, value, plan)
             answer = self._txn([reads[0], part, reads[1]], plan)
             if answer.applied:
                 return _by_key(answer.results)
@@ -143,7 +143,6 @@ class ChordStore:
                 return self._finished_or_unknown(group_id)
         ids = json.loads(seen[members]["Value"])
         parts = {k: e for k, e in seen.items() if k.startswith(f"{members}/")}
-        mine = f"{members}/{layout.escape(task_id)}"
         if not _completes(mine, parts, {f"{members}/{layout.escape(i)}" for i in ids}):
             return False
         return self._complete_bucket(group_id, k, plan)
