@@ -79,30 +79,53 @@ class ChordMixin(KeyValueStoreBackend):
         if not group_id or not task_id:
             return
         data = str_to_bytes(self.encode([task_id, state, self.encode_result(result, state)]))
+        callback = maybe_signature(request.chord, app=self.app)
         try:
             fire = self.chords.record_part(group_id, task_id, data, self._plan(self.chord_expires))
         except ChordUnknown:
             self._legacy_part_return(request, state, result, **kwargs)
             return
+        except Exception as exc:
+            # Consul refused the part, or stayed unreachable past chords.PATIENCE: the header
+            # can never complete, so the body fails now instead of its caller waiting forever.
+            self._fail_body(group_id, callback, ChordError(f"Part {task_id} not recorded: {exc!r}"))
+            return
         if fire:
-            self._fire_body(group_id, maybe_signature(request.chord, app=self.app))
+            self._fire_body(group_id, callback)
 
     def _fire_body(self, group_id: str, callback) -> None:
+        """Send the body, or fail it with a ChordError naming why (a failed part, the header's
+        GroupResult gone, Consul unreachable), as Celery's Redis backend does; then leave the
+        tombstone, so no copy of a part sends it again."""
         try:
-            parts, saved = self.chords.gather(group_id, self._key(self.get_key_for_group(group_id)))
-            reported = {tid: (state, value) for tid, state, value in map(self.decode, parts)}
-            values = self._header_values(group_id, reported, saved)
-        except ChordError as exc:
-            logger.error("Chord %r raised: %r", group_id, exc)
-            self.chord_error_from_stack(callback, exc)
+            values = self._gathered(group_id)
+        except Exception as exc:
+            error = exc if isinstance(exc, ChordError) else ChordError(f"Join error: {exc!r}")
+            self._fail_body(group_id, callback, error)
         else:
             try:
                 callback.delay(values)
             except Exception as exc:
-                logger.exception("Chord %r raised: %r", group_id, exc)
-                self.chord_error_from_stack(callback, ChordError(f"Callback error: {exc!r}"))
+                self._fail_body(group_id, callback, ChordError(f"Callback error: {exc!r}"))
         finally:
+            self._finish(group_id)
+
+    def _gathered(self, group_id: str) -> list:
+        parts, saved = self.chords.gather(group_id, self._key(self.get_key_for_group(group_id)))
+        reported = {tid: (state, value) for tid, state, value in map(self.decode, parts)}
+        return self._header_values(group_id, reported, saved)
+
+    def _fail_body(self, group_id: str, callback, error: ChordError) -> None:
+        logger.error("Chord %r raised: %r", group_id, error)
+        self.chord_error_from_stack(callback, error)
+
+    def _finish(self, group_id: str) -> None:
+        """The body has been sent or failed whatever happens here, so a failure to clean up is
+        logged, not raised: the chord's keys still go with their sessions."""
+        try:
             self.chords.finish(group_id, self._plan(self.chord_expires))
+        except Exception as exc:
+            logger.error("Chord %r: could not leave its tombstone: %r", group_id, exc)
 
     def _header_values(self, group_id: str, parts: dict, saved: dict | None) -> list:
         """The body's argument, shaped like the header (a nested group gives a nested list)."""

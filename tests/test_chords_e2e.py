@@ -27,6 +27,7 @@ def worker(request, _consul_server_session, tmp_path_factory):
         tmp_path_factory.mktemp("chords"),
         server.token,
         concurrency=request.param,
+        conf={"result_backend_always_retry": True},  # stores ride out an outage (see below)
     ) as app:
         app.prefix = prefix
         yield app
@@ -218,6 +219,20 @@ def test_header_task_that_never_runs_wedges_no_pool_process(app):
     assert app.send_task("e2e.add", (5, 6)).get(timeout=TIMEOUT) == 11
     assert result.state == states.PENDING
     assert marks(app, "body") == []
+
+
+def test_consul_down_while_the_last_part_returns(app, _consul_server_session):
+    """Consul drops every connection for 3 s while the last part finishes: the part's store
+    (under result_backend_always_retry, as Celery retries stores) and its chord txns are
+    retried, the chord completes once Consul is back, and the body runs once."""
+    result = chord([si(app, "add", 2, 2), si(app, "sleep", 1.0, 5)])(sig(app, "tsum"))
+    assert result.parent.results[0].get(timeout=TIMEOUT) == 4
+    _consul_server_session.faults.reset()  # every request, until cleared
+    time.sleep(3.0)
+    _consul_server_session.faults.clear()
+    assert result.get(timeout=TIMEOUT) == 9
+    assert marks(app, "body") == ["9"]
+    assert _consul_server_session.faults.injected["reset"] > 0
 
 
 def test_a_header_result_deleted_meanwhile_still_reaches_the_body(app):

@@ -41,6 +41,15 @@ def test_latency_delays_matching_requests_only(consul_server, api, consul_prefix
         api.get(f"/v1/kv/{consul_prefix}slow", timeout=0.3)
 
 
+def test_a_rule_can_let_the_first_requests_through(consul_server, api, consul_prefix):
+    from consulresults.devserver import FaultRule
+
+    third = FaultRule("error", count=1, after=2, status=403, path_prefix="/v1/kv/")
+    consul_server.faults.add(third)
+    statuses = [api.get(f"/v1/kv/{consul_prefix}x").status_code for _ in range(4)]
+    assert statuses == [404, 404, 403, 404]
+
+
 def test_reset_before_drops_the_request(consul_server, api, consul_prefix):
     consul_server.faults.reset(count=1, when="before")
     with pytest.raises(requests.ConnectionError):

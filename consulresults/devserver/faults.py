@@ -18,7 +18,9 @@ FAULT_KINDS = ("error", "latency", "reset")
 @dataclass
 class FaultRule:
     """One kind of misbehaviour, applied to the next ``count`` matching requests or to a
-    ``fraction`` of them (neither: every matching request until cleared).
+    ``fraction`` of them (neither: every matching request until cleared), once the first
+    ``after`` matching requests have gone through untouched (to hit the third step of a
+    sequence, say).
 
     - ``error``: answer ``status`` with ``body`` instead of handling the request.
     - ``latency``: wait ``seconds`` before handling it.
@@ -36,6 +38,7 @@ class FaultRule:
     when: str = "before"
     path_prefix: str = "/v1/"
     methods: list[str] = field(default_factory=list)
+    after: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -78,6 +81,9 @@ class FaultInjector:
         with self._lock:
             for rule in list(self._rules):
                 if rule.kind in fired or not rule.matches(method, path):
+                    continue
+                if rule.after > 0:
+                    rule.after -= 1
                     continue
                 if rule.fraction is not None and self._random.random() >= rule.fraction:
                     continue
