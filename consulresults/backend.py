@@ -23,6 +23,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping
 
+import consul
 from celery import states
 from celery.backends.base import KeyValueStoreBackend
 from celery.exceptions import BackendStoreError, ImproperlyConfigured, TimeoutError
@@ -50,6 +51,7 @@ class ConsulWriteConflict(BackendStoreError):
 class ConsulBackend(ChordMixin, KeyValueStoreBackend):
     """Consul KV result backend: atomic writes, reused sessions, batched reads, blocking waits."""
 
+    consul = consul  # python-consul2, as on Celery's built-in backend
     supports_native_join = True
     implements_incr = True
     supports_failure_expires = True
@@ -75,7 +77,7 @@ class ConsulBackend(ChordMixin, KeyValueStoreBackend):
         except SettingsError as exc:
             raise ImproperlyConfigured(f"consulresults backend: {exc}") from None
         self._overrides = dict(overrides or {})
-        self.client = ConsulClient(self.transport)
+        self._client = ConsulClient(self.transport)
         self.store = KVStore(self.transport, self.settings.prefix)
         self.chords = ChordStore(self.store)
         self.prefix = self.settings.prefix
@@ -87,6 +89,10 @@ class ConsulBackend(ChordMixin, KeyValueStoreBackend):
         )
         self.expiry = self._plan(self.expires)
         self._wait_policy = self._retry_policy()
+        for setting, plan in self._expiry_plans().items():
+            if not plan.removed_by_consul:
+                _warn_nothing_removes(setting, plan)
+                break
 
     def _plan(self, expires: float | None) -> ExpiryPlan:
         if expires and expires < MIN_TTL:
@@ -100,9 +106,32 @@ class ConsulBackend(ChordMixin, KeyValueStoreBackend):
 
     @property
     def supports_autoexpire(self) -> bool:
-        """True when Consul expires results by itself; False makes celery beat schedule
-        ``celery.backend_cleanup``, which removes results whose recorded expiry has passed."""
-        return self.expiry.session_ttl is not None or not self.expires
+        """True when Consul removes every result by itself (Celery's default of one day
+        included); False, for expiries over Consul's 24 h session TTL, makes celery beat
+        schedule ``celery.backend_cleanup``, which removes results whose expiry has passed."""
+        return all(plan.removed_by_consul for plan in self._expiry_plans().values())
+
+    def _expiry_plans(self) -> dict[str, ExpiryPlan]:
+        """The plan of each expiry setting in force (failures may expire differently)."""
+        failures = self._plan_for_state(states.FAILURE)
+        return {"result_expires": self.expiry, "result_failure_expires": failures}
+
+    @property
+    def consistency(self) -> str:
+        """The read consistency mode: ``consistent`` (the default, as Celery's built-in
+        backend), ``default`` or ``stale``."""
+        return self.settings.consistency
+
+    @property
+    def path(self) -> str | None:
+        """The prefix in front of every key, the URL's path (None: the root), as on Celery's
+        built-in backend."""
+        return self.prefix or None
+
+    def client(self) -> consul.Consul:
+        """A python-consul2 client on this backend's connection: address, token, TLS,
+        datacenter and consistency included, over the same pooled keep-alive sockets."""
+        return self._client
 
     def as_uri(self, include_password: bool = False) -> str:
         """The backend URL without the token, whatever ``include_password`` says."""
@@ -135,8 +164,10 @@ class ConsulBackend(ChordMixin, KeyValueStoreBackend):
 
     # ------------------------------------------------------------------ writes
 
-    def set(self, key: str | bytes, value: bytes | str) -> None:
+    def set(self, key: str | bytes, value: bytes | str) -> bool:
+        """Write ``key`` under the result expiry; True (a write that fails raises)."""
         self._write(self._key(key), value, self.expiry)
+        return True
 
     def _set_with_state(self, key, value, state) -> None:
         self._write(self._key(key), value, self._plan_for_state(state))
@@ -194,8 +225,9 @@ class ConsulBackend(ChordMixin, KeyValueStoreBackend):
         except Exception:  # not a result we can read: nothing to protect
             return False
 
-    def delete(self, key: str | bytes) -> None:
-        self.store.delete(self._key(key))
+    def delete(self, key: str | bytes) -> bool:
+        """Delete ``key``; True when Consul acknowledged it (also for a key already gone)."""
+        return self.store.delete(self._key(key))
 
     # ------------------------------------------------------------------ waiting
 
@@ -331,6 +363,18 @@ class ConsulBackend(ChordMixin, KeyValueStoreBackend):
         """Transient failures Celery may retry (``result_backend_always_retry``): lost
         connections, timeouts, 429 and 5xx answers such as "No cluster leader"."""
         return is_transient(exc)
+
+
+def _warn_nothing_removes(setting: str, plan: ExpiryPlan) -> None:
+    """Results Consul will not remove pile up unless something runs a cleanup: say so at
+    start-up, naming what can."""
+    warnings.warn(
+        f"{setting}={plan.expires:g}s is over Consul's 24 h session TTL: only a cleanup removes "
+        "these results. Run celery beat (it schedules celery.backend_cleanup daily) or "
+        f"`consul-results purge --expired` from cron, or set {setting} to 86400 or less",
+        UserWarning,
+        stacklevel=4,
+    )
 
 
 def _warn_if_token_in_user_part(url: str | None) -> None:

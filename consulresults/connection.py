@@ -280,7 +280,7 @@ class Transport(consul.base.HTTPClient):
         return TxnAnswer(None, errors)
 
 
-class ConsulClient(consul.base.Consul):
+class ConsulClient(consul.Consul):
     """python-consul2's API (``kv``, ``session``, ``txn``, ``status``, ``agent``) on our transport.
 
     The base constructor is not called on purpose: it reads ``CONSUL_HTTP_ADDR`` and

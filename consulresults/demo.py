@@ -120,7 +120,7 @@ def run_tasks(client: Celery, console: Console) -> None:
 
 def show_results(client: Celery, console: Console) -> None:
     backend = client.backend
-    _, entries = backend.client.kv.get(f"{PREFIX}/", recurse=True)
+    _, entries = backend.client().kv.get(f"{PREFIX}/", recurse=True)
     table = Table("key", "state", "result", "session", title=f"stored under {PREFIX}/")
     for entry in entries or []:
         name = entry["Key"].removeprefix(f"{PREFIX}/")

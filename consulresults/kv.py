@@ -271,9 +271,10 @@ class KVStore:
 
     # ------------------------------------------------------------------ deletes
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str) -> bool:
+        """Delete one key; Consul's answer (True: done, also when it was already gone)."""
         self._forget(key)
-        self.transport.request("DELETE", f"/v1/kv/{key}")
+        return self.transport.request("DELETE", f"/v1/kv/{key}").body is True
 
     def delete_unchanged(self, pairs: list[tuple[str, int]]) -> TxnAnswer:
         """Delete each key only if it is still at the given ModifyIndex (delete-cas, one txn).

@@ -43,7 +43,7 @@ class ConsulSettings:
     tls_server_name: str | None = None
     verify: bool = True
     datacenter: str | None = None
-    consistency: str = "default"
+    consistency: str = "consistent"
     timeout: float = 10.0
     session_window: float | None = None
 

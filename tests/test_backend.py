@@ -210,7 +210,7 @@ def test_forget_removes_the_result(make_app, api, consul_prefix):
 
 @pytest.mark.parametrize(
     "expires,session_ttl",
-    [(3600, 3900), (40, 50), (2, 10), (86_400, None), (3 * 86_400, None), (None, None)],
+    [(3600, 3900), (40, 50), (2, 10), (86_400, 86_400), (3 * 86_400, None), (None, None)],
 )
 def test_every_result_expires_is_honoured(
     make_app, consul_server, consul_prefix, expires, session_ttl, api
@@ -219,6 +219,8 @@ def test_every_result_expires_is_honoured(
         warnings.simplefilter("always")
         backend = make_app(result_expires=expires).backend
     assert any("below Consul's 10 s" in str(w.message) for w in caught) == (expires == 2)
+    only_cleanup = any("celery beat" in str(w.message) for w in caught)
+    assert only_cleanup == (expires == 3 * 86_400)  # nothing else would remove them
     before = time.time()
     backend.store_result("exp", 1, states.SUCCESS)
     entry = raw_entry(consul_server, consul_prefix + "celery-task-meta-exp")
@@ -283,8 +285,10 @@ def test_failure_results_can_expire_differently(make_app, consul_server, consul_
 def test_expiry_plan_bounds():
     assert ExpiryPlan.for_expires(3600) == ExpiryPlan(3600, 3900, 300.0)
     assert ExpiryPlan.for_expires(86_000).session_ttl == 86_300
-    assert ExpiryPlan.for_expires(86_200) == ExpiryPlan(86_200, 86_400, 200.0)
-    assert ExpiryPlan.for_expires(86_400).session_ttl is None
+    assert ExpiryPlan.for_expires(86_100) == ExpiryPlan(86_100, 86_400, 300.0)
+    assert ExpiryPlan.for_expires(86_200) == ExpiryPlan(86_200, 86_200, 300.0, renewed=True)
+    assert ExpiryPlan.for_expires(86_400) == ExpiryPlan(86_400, 86_400, 300.0, renewed=True)
+    assert ExpiryPlan.for_expires(86_401).session_ttl is None
     assert ExpiryPlan.for_expires(100, window=10).session_ttl == 110
 
 
@@ -477,13 +481,13 @@ def test_fork_safe_connections(make_app, consul_server):
 
     backend = make_app().backend
     backend.store_result("parent", 1, states.SUCCESS)
-    parent_socket = backend.client.http.session
+    parent_socket = backend.client().http.session
     read_r, write_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: use the backend, report whether it got a new session object
         try:
             backend.store_result("child", 2, states.SUCCESS)
-            ok = backend.client.http.session is not parent_socket
+            ok = backend.client().http.session is not parent_socket
             os.write(write_w, b"ok" if ok else b"shared")
         finally:
             os._exit(0)

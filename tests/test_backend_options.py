@@ -33,6 +33,8 @@ def test_tls_with_ca_and_client_certificate(tmp_path):
         )
         trusted.store_result("tls", "secure", states.SUCCESS)
         assert trusted.get_task_meta("tls")["result"] == "secure"
+        _, entry = trusted.client().kv.get("tls/celery-task-meta-tls")  # the documented client
+        assert b"secure" in entry["Value"]
         settings_form = backend_for(
             f"{base}",
             consulresults_ca_file=certs.ca,
@@ -57,6 +59,10 @@ def test_token_file_and_acl_denial(consul_dev_server_factory, tmp_path):
     )
     allowed.store_result("ok", 1, states.SUCCESS)
     assert allowed.get_task_meta("ok")["result"] == 1
+    _, entry = allowed.client().kv.get("allowed/celery-task-meta-ok")  # carries the token
+    assert entry["Key"] == "allowed/celery-task-meta-ok"
+    with pytest.raises(consul.base.ACLPermissionDenied):
+        allowed.client().kv.get("elsewhere/x")
     outside = backend_for(
         f"consulresults://{server.address}/elsewhere", consulresults_token_file=str(token_file)
     )

@@ -192,6 +192,19 @@ def test_doctor_passes_on_a_working_setup(cli):
         "ok   create sessions",
         "ok   result_expires",
     ]
+    assert "renewed once" in lines[-1] and "no cleanup needed" in lines[-1]  # Celery's 1 day
+
+
+def test_doctor_says_what_removes_results(make_app):
+    from consulresults.doctor import diagnose
+
+    with pytest.warns(UserWarning, match="celery beat"):
+        backend = make_app(result_expires=7 * 86_400).backend
+    expiry = diagnose(backend.operations())[-1]
+    assert expiry.name == "result_expires"
+    assert "only a cleanup removes results: run celery beat" in expiry.detail
+    expiry = diagnose(make_app(result_expires=3600).backend.operations())[-1]
+    assert "sessions with TTL 3900 s" in expiry.detail and "no cleanup needed" in expiry.detail
 
 
 def test_doctor_reports_each_failure_with_its_exit_code(consul_dev_server_factory):

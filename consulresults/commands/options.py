@@ -93,9 +93,12 @@ _CONNECTION: dict[str, Any] = {
         for name, o in OPTIONS.items()
         if o.flag
     },
-    "stale": Annotated[bool, _flag("--stale", help="Allow stale reads (any server).")],
+    "stale": Annotated[
+        bool, _flag("--stale", help="Allow stale reads (any server answers, even leaderless).")
+    ],
     "consistent": Annotated[
-        bool, _flag("--consistent", help="Consistent reads (leader checks quorum).")
+        bool,
+        _flag("--consistent", help="Consistent reads (the default: the leader checks quorum)."),
     ],
 }
 _OWN = ("app", "backend_url", "stale", "consistent")

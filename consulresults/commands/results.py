@@ -184,8 +184,10 @@ def stats(conn: Connection, output: OutputOption = None) -> None:
 @consul_command
 def doctor(conn: Connection) -> None:
     """Check that results can live here: the agent answers, there is a leader, the token can
-    read and write the prefix and create sessions, result_expires fits Consul's limits. One
-    line per check; the exit status is the first failure's (69 unavailable, 77 denied...)."""
+    read and write the prefix and create sessions; then which expiry mode result_expires gets
+    (the app's with -A, else Celery's default of one day) and what removes results: Consul
+    itself, or only celery beat / purge --expired. One line per check; the exit status is the
+    first failure's (69 unavailable, 77 denied...)."""
     from ..doctor import diagnose
     from .errors import describe_error
 

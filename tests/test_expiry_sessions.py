@@ -1,0 +1,75 @@
+"""Celery's default ``result_expires`` (exactly 24 h, Consul's longest session TTL) expires
+results by itself: sessions of TTL 24 h, renewed once by the live process when their window
+closes. The dev server's TTL multiplier shrinks a day to a few seconds."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+
+from celery import Celery, states
+
+DAY = 86_400
+
+
+def day_lasts(factory, seconds: float):
+    """A dev server on which a 24 h session's timer runs out after ``seconds``."""
+    return factory(session_ttl_multiplier=seconds / DAY)
+
+
+def exists(server, key: str) -> bool:
+    from consulresults.connection import ConsulClient, connect
+    from consulresults.settings import resolve
+
+    client = ConsulClient(connect(resolve(f"consulresults://{server.address}/", {})))
+    return client.kv.get(key)[1] is not None
+
+
+def gone_within(server, key: str, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not exists(server, key):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_default_expiry_renews_once_when_the_window_closes(consul_dev_server_factory):
+    server = day_lasts(consul_dev_server_factory, 6.0)
+    app = Celery("expiry", set_as_current=False)  # Celery's default result_expires
+    app.conf.update(
+        result_backend=f"consulresults://{server.address}/exp",
+        consulresults_session_window=1,  # renewed 1 s (+ the 1 s request timeout) after creation
+        consulresults_timeout=1,
+    )
+    started = time.monotonic()
+    app.backend.store_result("renewed", 1, states.SUCCESS)
+    time.sleep(max(0.0, started + 7.0 - time.monotonic()))
+    assert exists(server, "exp/celery-task-meta-renewed")  # unrenewed, it went at 6 s
+    assert gone_within(server, "exp/celery-task-meta-renewed", 15.0)  # no cleanup ran
+    app.close()
+
+
+def test_a_process_killed_inside_the_window_leaves_results_that_still_expire(
+    consul_dev_server_factory,
+):
+    server = day_lasts(consul_dev_server_factory, 3.0)
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from celery import Celery, states
+        app = Celery("killed")
+        app.conf.update(
+            result_backend="consulresults://{server.address}/exp",
+            consulresults_session_window=30,
+        )
+        app.backend.store_result("orphan", 1, states.SUCCESS)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    process = subprocess.run([sys.executable, "-c", script], timeout=60)
+    assert process.returncode == -9
+    assert exists(server, "exp/celery-task-meta-orphan")
+    assert gone_within(server, "exp/celery-task-meta-orphan", 15.0)
