@@ -10,8 +10,9 @@ import typer
 
 from . import __version__
 from .commands import cleaning, devserver, results, sessions
+from .commands.typer_app import App
 
-app = typer.Typer(
+app = App(
     name="consul-results",
     help="Inspect, fetch, wait for and clean Celery task results stored in HashiCorp Consul.",
     no_args_is_help=True,

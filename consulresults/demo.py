@@ -118,20 +118,27 @@ def run_tasks(client: Celery, console: Console) -> None:
     )
 
 
-def show_results(client: Celery, console: Console) -> None:
+def show_results(client: Celery, console: Console, prefix: str = PREFIX) -> None:
     backend = client.backend
-    _, entries = backend.client().kv.get(f"{PREFIX}/", recurse=True)
-    table = Table("key", "state", "result", "session", title=f"stored under {PREFIX}/")
+    _, entries = backend.client().kv.get(f"{prefix}/", recurse=True)
+    table = Table(title=f"stored under {prefix}/")
+    for column in ("key", "state", "result", "session"):
+        table.add_column(column, no_wrap=True)
     for entry in entries or []:
-        name = entry["Key"].removeprefix(f"{PREFIX}/")
+        name = entry["Key"].removeprefix(f"{prefix}/")
         if name.startswith("celery-task-meta-"):
             meta = backend.decode_result(entry["Value"])
-            state, result = meta["status"], repr(meta["result"])[:30]
+            state, result = meta["status"], _cut(repr(meta["result"]), 22)
         else:
             state, result = "(group/chord)", ""
         session = (entry.get("Session") or "-")[:8]
-        table.add_row(name[:45], state, result, session)
+        table.add_row(_cut(name, 22), state, result, session)
     console.print(table)
+
+
+def _cut(text: str, width: int) -> str:
+    """At most ``width`` characters, so that a row stays one line in 80 columns."""
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def main() -> None:

@@ -255,7 +255,8 @@ def _seconds(name: str) -> Callable[[object, str], dict]:
 
 @dataclass(frozen=True)
 class Option:
-    """One connection setting: its parser, whether a URL query may carry it, and its CLI flag.
+    """One connection setting: its parser, whether a URL query may carry it, its CLI flag and
+    the environment variable only that flag reads (``cli_env``).
 
     The URL options, the ``consulresults_<name>`` Celery settings and the CLI's connection flags
     are all read off :data:`OPTIONS`, so a new setting is added in one place.
@@ -267,6 +268,7 @@ class Option:
     flag: str | None = None
     metavar: str = ""
     help: str = ""
+    cli_env: str | None = None
 
 
 OPTIONS: dict[str, Option] = {
@@ -286,7 +288,8 @@ OPTIONS: dict[str, Option] = {
             in_url=False,
             flag="--prefix",
             metavar="PREFIX",
-            help="KV prefix of the results (overrides the URL's path).",
+            help="KV prefix of the results (overrides the URL's path, wherever each came from).",
+            cli_env="CONSUL_RESULTS_PREFIX",
         ),
         Option(
             "token",

@@ -102,3 +102,20 @@ def test_purge_progress_is_drawn_then_erased(url, make_app):
     summary_at = text.index("matched 403")
     assert text.rfind("purging…") < summary_at
     assert "\x1b[1A\x1b[2K" in text[:summary_at]  # then erased: nothing left behind
+
+
+def test_the_demo_table_keeps_one_line_per_result(make_app, consul_prefix):
+    from rich.console import Console
+
+    from consulresults.demo import show_results
+
+    app = make_app()
+    app.backend.store_result("long", ZeroDivisionError("division by zero " * 4), "FAILURE")
+    app.backend.store_result("short", 5, "SUCCESS")
+    console = Console(width=80, record=True, color_system=None)
+    show_results(app, console, consul_prefix.rstrip("/"))
+    lines = console.export_text().splitlines()
+    rows = [line for line in lines if "SUCCESS" in line or "FAILURE" in line]
+    assert len(lines) == len(rows) + 5  # title, 3 header rules and text, bottom rule
+    assert "ZeroDivisionError" in rows[0] and "…" in rows[0]  # cut, not wrapped
+    assert all(len(line) <= 80 for line in lines)

@@ -1,9 +1,10 @@
 """Destructive commands on results: ``rm``, ``expire``, ``purge`` (``sessions expire|gc`` live
 with the other session commands).
 
-Safe by default: an empty prefix (every key in Consul) is refused unless ``--all-prefixes``;
-on a terminal they say what they will do and ask; without a terminal they refuse unless
-``--yes``; ``--dry-run`` shows what would go and deletes nothing.
+Safe by default: ``purge`` at an empty prefix (every key in Consul) is refused unless
+``--all-prefixes`` (``rm`` and ``expire`` name their ids, so the root is fine for them); on a
+terminal they say what they will do and ask; without a terminal they refuse unless ``--yes``;
+``--dry-run`` shows what would go and deletes nothing.
 """
 
 from __future__ import annotations
@@ -48,12 +49,11 @@ def rm(
     task_ids: IdsArgument,
     yes: YesOption = False,
     dry_run: DryRunOption = False,
-    all_prefixes: AllPrefixesOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Delete results by id, and each session that then holds nothing else (exit 3 if some
-    were not there)."""
-    ops = open_guarded(conn, all_prefixes)
+    were not there). Named ids need no --all-prefixes at the root prefix."""
+    ops = conn.open()
     ids = ids_from(task_ids)
     found = [r for r in (ops.fetch(i) for i in ids) if r is not None]
     missing = len(ids) - len(found)
@@ -72,10 +72,10 @@ def expire(
     conn: Connection,
     task_ids: IdsArgument,
     yes: YesOption = False,
-    all_prefixes: AllPrefixesOption = False,
 ) -> None:
-    """Force-expire results now: each is removed as its expiry would remove it."""
-    ops = open_guarded(conn, all_prefixes)
+    """Force-expire results now: each is removed as its expiry would remove it. Named ids
+    need no --all-prefixes at the root prefix."""
+    ops = conn.open()
     ids = ids_from(task_ids)
     confirm(f"expire {len(ids)} result(s) now", yes)
     gone = sum(ops.expire_now(i) for i in ids)

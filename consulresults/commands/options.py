@@ -66,8 +66,8 @@ class Connection:
             raise fail(f"cannot load the Celery app {self.app!r}: {exc}", EXIT_USAGE) from None
 
 
-def _flag(*names: str, metavar: str | None = None, help: str) -> Any:
-    return typer.Option(*names, metavar=metavar, rich_help_panel=PANEL, help=help)
+def _flag(*names: str, metavar: str | None = None, help: str, envvar: str | None = None) -> Any:
+    return typer.Option(*names, metavar=metavar, envvar=envvar, rich_help_panel=PANEL, help=help)
 
 
 _CONNECTION: dict[str, Any] = {
@@ -78,6 +78,7 @@ _CONNECTION: dict[str, Any] = {
             "--app",
             metavar="MODULE",
             help="Celery app whose result_backend, prefix and serializer to use.",
+            envvar="CELERY_APP",  # as Celery's own CLI reads it
         ),
     ],
     "backend_url": Annotated[
@@ -86,10 +87,11 @@ _CONNECTION: dict[str, Any] = {
             "--backend-url",
             metavar="URL",
             help="Result backend URL, e.g. consulresults://127.0.0.1:8500/myapp.",
+            envvar="CONSUL_RESULTS_BACKEND_URL",
         ),
     ],
     **{
-        name: Annotated[str | None, _flag(o.flag, metavar=o.metavar, help=o.help)]
+        name: Annotated[str | None, _flag(o.flag, metavar=o.metavar, help=o.help, envvar=o.cli_env)]
         for name, o in OPTIONS.items()
         if o.flag
     },

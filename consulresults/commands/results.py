@@ -10,6 +10,7 @@ import typer
 from .. import render
 from .errors import EXIT_ERROR, EXIT_NOT_FOUND, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, fail
 from .options import (
+    AllPrefixesOption,
     Connection,
     DetailedExitcodeOption,
     ExpiredOption,
@@ -23,6 +24,7 @@ from .options import (
     check_format,
     consul_command,
     ids_from,
+    open_guarded,
     selection,
 )
 
@@ -143,14 +145,16 @@ def ls(
     ] = None,
     count: Annotated[bool, typer.Option("--count", help="Print only how many match.")] = False,
     detailed_exitcode: DetailedExitcodeOption = False,
+    all_prefixes: AllPrefixesOption = False,
     output: OutputOption = None,
 ) -> None:
-    """List results under the prefix, filtered and sorted."""
+    """List results under the prefix, filtered and sorted (at the root prefix, every key in
+    this Consul, only with --all-prefixes)."""
     fmt = check_format(output)
     if sort not in SORT_KEYS:
         raise fail(f"--sort: {sort!r} is not one of {', '.join(SORT_KEYS)}", EXIT_USAGE)
     chosen = selection(state, task, older_than, newer_than, expired, no_session, True)
-    ops = conn.open()
+    ops = open_guarded(conn, all_prefixes)
     if count:
         matched = sum(1 for _ in ops.matching(chosen))
         typer.echo(matched)
@@ -175,10 +179,13 @@ def _sort_key(name: str):
 
 
 @consul_command
-def stats(conn: Connection, output: OutputOption = None) -> None:
-    """Counts by state and task, bytes, oldest and newest, sessions, results without expiry."""
+def stats(
+    conn: Connection, all_prefixes: AllPrefixesOption = False, output: OutputOption = None
+) -> None:
+    """Counts by state and task, bytes, oldest and newest, sessions, results without expiry
+    (at the root prefix only with --all-prefixes)."""
     fmt = check_format(output)
-    render.emit_mapping(render.stats_mapping(conn.open().stats()), fmt)
+    render.emit_mapping(render.stats_mapping(open_guarded(conn, all_prefixes).stats()), fmt)
 
 
 @consul_command

@@ -20,8 +20,9 @@ from .options import (
     consul_command,
     open_guarded,
 )
+from .typer_app import App
 
-app = typer.Typer(help="Sessions behind results: list, show, expire, gc.", no_args_is_help=True)
+app = App(help="Sessions behind results: list, show, expire, gc.", no_args_is_help=True)
 
 
 @app.command("ls")
