@@ -23,13 +23,20 @@ _DOTS = re.compile(r"\.{2,}")
 
 
 def escape(name: str) -> str:
-    """Percent-encode everything but ``[A-Za-z0-9-_.:@+=,~]``; runs of dots are encoded too."""
-    escaped = quote(name, safe=_SAFE, encoding="utf-8", errors="surrogateescape")
+    """Percent-encode everything but ``[A-Za-z0-9-_.:@+=,~]``; runs of dots are encoded too.
+    A lone surrogate (no UTF-8 for it) is encoded as Python's ``surrogatepass`` does."""
+    try:
+        escaped = quote(name, safe=_SAFE, encoding="utf-8", errors="surrogateescape")
+    except UnicodeEncodeError:
+        escaped = quote(name, safe=_SAFE, encoding="utf-8", errors="surrogatepass")
     return _DOTS.sub(lambda m: "%2E" * len(m.group()), escaped)
 
 
 def unescape(name: str) -> str:
-    return unquote(name, encoding="utf-8", errors="surrogateescape")
+    try:
+        return unquote(name, encoding="utf-8", errors="surrogatepass")
+    except UnicodeDecodeError:  # bytes that are no UTF-8 (someone else's key)
+        return unquote(name, encoding="utf-8", errors="surrogateescape")
 
 
 def full_key(prefix: str, name: str) -> str:
