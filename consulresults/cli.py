@@ -4,6 +4,7 @@ commands are in :mod:`consulresults.commands`, the work in :mod:`consulresults.o
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,9 +13,12 @@ from . import __version__
 from .commands import cleaning, devserver, results, sessions
 from .commands.typer_app import App
 
+MANUAL = Path(sys.prefix, "share", "man", "man1", "consul-results.1")
+
 app = App(
     name="consul-results",
     help="Inspect, fetch, wait for and clean Celery task results stored in HashiCorp Consul.",
+    epilog=f"Manual: man consul-results (installed with the package as {MANUAL}).",
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_show_locals=False,  # locals would show tokens in a traceback
@@ -43,6 +47,7 @@ app.command("get")(results.get)
 app.command("inspect")(results.inspect)
 app.command("ls")(results.ls)
 app.command("stats")(results.stats)
+app.command("watch")(results.watch)
 app.command("doctor")(results.doctor)
 app.command("rm")(cleaning.rm)
 app.command("expire")(cleaning.expire)

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from . import layout
-from .connection import ConsulError, Transport, TxnAnswer, is_transient
+from .connection import ConsulError, Response, Transport, TxnAnswer, is_transient
 from .expiry import ExpiryPlan, SessionPool
 from .retry import RetryPolicy, doubling, full_jitter
 
@@ -54,7 +54,8 @@ def encode_value(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def _decoded(entry: dict) -> Entry:
+def decoded(entry: dict) -> Entry:
+    """An entry as Consul sends it, with its value base64-decoded."""
     return {**entry, "Value": decode_value(entry.get("Value"))}
 
 
@@ -81,7 +82,7 @@ class KVStore:
         response = READS.call(
             lambda: self.transport.request("GET", f"/v1/kv/{key}", expect=(200, 404))
         )
-        return _decoded(response.body[0]) if response.status == 200 else None
+        return decoded(response.body[0]) if response.status == 200 else None
 
     def entries(self, keys: list[str]) -> dict[str, Entry | None]:
         """Entries (None when absent) for ``keys``, in order, batched through ``/v1/txn``."""
@@ -112,14 +113,14 @@ class KVStore:
                 return None
             raise answer.error()
         entries = (r["KV"] for r in answer.results or ())
-        return {e["Key"]: _decoded(e) if e["CreateIndex"] else None for e in entries}
+        return {e["Key"]: decoded(e) if e["CreateIndex"] else None for e in entries}
 
     def _read_batch_legacy(self, keys: list[str]) -> dict[str, Entry | None]:
         """Before Consul 1.14 a missing key fails the whole txn, with every failing op reported,
         so a second txn without those keys gets the rest."""
         answer = self.transport.txn([{"KV": {"Verb": "get", "Key": k}} for k in keys])
         if answer.applied:
-            return {r["KV"]["Key"]: _decoded(r["KV"]) for r in answer.results or ()}
+            return {r["KV"]["Key"]: decoded(r["KV"]) for r in answer.results or ()}
         missing = {keys[e["OpIndex"]] for e in answer.errors}
         present = [k for k in keys if k not in missing]
         found = self._read_batch_legacy(present) if present else {}
@@ -139,11 +140,23 @@ class KVStore:
         """One blocking GET: the entry (None when absent) and the index to wait past next.
 
         With index 0 or no wait, it answers at once."""
-        params = (
-            [("index", str(index)), ("wait", f"{max(1, int(wait * 1000))}ms")]
-            if index and wait > 0
-            else []
-        )
+        response, new_index = self._get_blocking(key, [], index, wait)
+        entry = decoded(response.body[0]) if response.status == 200 else None
+        return entry, new_index
+
+    def read_tree_blocking(self, index: int, wait: float) -> tuple[list[dict], int]:
+        """Every entry under the prefix in one blocking GET (Consul has no other way to watch a
+        prefix), values left base64-encoded so that only the ones a caller needs are decoded
+        (:func:`decoded`); and the index to wait past next."""
+        head = f"{self.prefix}/" if self.prefix else ""
+        response, new_index = self._get_blocking(head, [("recurse", "1")], index, wait)
+        return (response.body if response.status == 200 else []), new_index
+
+    def _get_blocking(
+        self, key: str, params: list[tuple[str, str]], index: int, wait: float
+    ) -> tuple[Response, int]:
+        if index and wait > 0:
+            params = [*params, ("index", str(index)), ("wait", f"{max(1, int(wait * 1000))}ms")]
         timeout = wait * 1.1 + self.transport.timeout
         response = READS.call(
             lambda: self.transport.request(
@@ -153,8 +166,7 @@ class KVStore:
         new_index = response.index
         if new_index < index:
             new_index = 0  # the index went backwards (snapshot restore, tombstone reaping)
-        entry = _decoded(response.body[0]) if response.status == 200 else None
-        return entry, new_index
+        return response, new_index
 
     # ------------------------------------------------------------------ writes
 

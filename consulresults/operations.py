@@ -11,17 +11,19 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import TypeVar
 
 from . import layout
 from .codec import decode_meta
 from .connection import ConsulError
 from .expiry import ExpiryPlan, made_for
-from .kv import Entry, KVStore
+from .kv import Entry, KVStore, decoded
 from .retry import RetryPolicy
 
 READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 BLOCK_SECONDS = 10.0
 ALL_KINDS = frozenset(layout.KINDS.values())
+T = TypeVar("T")
 
 
 class WaitTimeout(Exception):
@@ -213,35 +215,69 @@ class ResultOperations:
         index = 0
         while True:
             wait = BLOCK_SECONDS if deadline is None else max(0.0, deadline - time.monotonic())
-            entry, index = self._read_blocking(parsed.key, index, min(wait, BLOCK_SECONDS))
+            read = self.store.read_blocking
+            entry, index = self._waiting(read, parsed.key, index, min(wait, BLOCK_SECONDS))
             found = None if entry is None else self._stored(parsed, entry)
             if found is not None and (found.meta is None or found.state in READY_STATES):
                 return found
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(f"task {task_id} was not ready within {timeout:g} s")
 
-    def _read_blocking(self, key: str, index: int, wait: float) -> tuple[Entry | None, int]:
-        read = lambda: self.store.read_blocking(key, index, wait)  # noqa: E731
-        return self.retry.call(read) if self.retry else read()
+    def watch(
+        self, selection: ResultFilter, min_interval: float = 1.0
+    ) -> Iterator[list[StoredResult]]:
+        """Batches of the results stored or changed since the watch began that ``selection``
+        picks: one batch per round, each round one Consul blocking query on the prefix.
+
+        Consul answers a blocking query on a prefix with the whole prefix, so a round compares
+        each key's ModifyIndex with the last round's and decodes only those that moved; rounds
+        start at least ``min_interval`` apart, so a busy prefix costs one request per interval,
+        however many results are written in it."""
+        seen: dict[str, int] | None = None
+        index = 0
+        while True:
+            started = time.monotonic()
+            entries, index = self._waiting(self.store.read_tree_blocking, index, BLOCK_SECONDS)
+            changed = [
+                e for e in entries if seen is not None and seen.get(e["Key"]) != e["ModifyIndex"]
+            ]
+            seen = {e["Key"]: e["ModifyIndex"] for e in entries}
+            yield [r for r in self._results(changed) if selection.matches(r, time.time())]
+            time.sleep(max(0.0, started + min_interval - time.monotonic()))
+
+    def _results(self, entries: list[dict]) -> Iterator[StoredResult]:
+        for entry in entries:
+            parsed = layout.parse_key(self.prefix, entry["Key"])
+            if parsed is not None and parsed.kind == "task":
+                yield self._stored(parsed, decoded(entry))
+
+    def _waiting(self, read: Callable[..., T], *args: object) -> T:
+        """``read(*args)`` for a wait, under the app's retry policy when there is one."""
+        return self.retry.call(lambda: read(*args)) if self.retry else read(*args)
 
     def session_info(self, session_id: str) -> dict | None:
         """The session behind a result (TTL, behaviour, node...), or None once it is gone."""
         response = self.store.transport.request("GET", f"/v1/session/info/{session_id}")
         return (response.body or [None])[0]
 
-    def sessions(self) -> list[dict]:
+    def sessions(self, held: Counter | None = None) -> list[dict]:
         """All sessions the agent knows, each with ``Held``: how many keys under the prefix it
-        holds (results of this backend and of Celery's built-in one alike)."""
-        held = Counter(r.session for r in self.iter_results(ALL_KINDS) if r.session)
+        holds (results of this backend and of Celery's built-in one alike). ``held``: those
+        counts, when the caller has read every key already."""
+        if held is None:
+            held = Counter(r.session for r in self.iter_results(ALL_KINDS) if r.session)
         listed = self.store.transport.request("GET", "/v1/session/list").body
         return [dict(s, Held=held.get(s["ID"], 0)) for s in listed or []]
 
-    def idle_sessions(self, among: set[str] | None = None) -> list[dict]:
+    def idle_sessions(
+        self, among: set[str] | None = None, listed: list[dict] | None = None
+    ) -> list[dict]:
         """Result sessions that hold nothing any more, and provably nothing elsewhere either:
         ours made for this prefix (the name says so) holding no key under it, and Celery
-        built-in ones (named after the one key they were made for) not holding that key here."""
+        built-in ones (named after the one key they were made for) not holding that key here.
+        ``listed``: :meth:`sessions`, when the caller has it already."""
         idle = []
-        for session in self.sessions():
+        for session in self.sessions() if listed is None else listed:
             if session["Held"] or (among is not None and session["ID"] not in among):
                 continue
             name = session.get("Name") or ""
@@ -336,29 +372,38 @@ class ResultOperations:
         return self.delete_results([found]).deleted == 1
 
     def stats(self) -> dict:
-        """Counts by state and task, bytes, oldest/newest, sessions, results without expiry."""
+        """Counts by state and task, bytes, oldest/newest, results whose expiry has passed but
+        that are still there, results without expiry, sessions holding results and sessions
+        holding nothing (one listing, batched reads, one session list)."""
         by_state: Counter = Counter()
         by_task: Counter = Counter()
-        sessions: set[str] = set()
-        total = size = no_expiry = 0
+        held: Counter = Counter()
+        total = size = no_expiry = expired = 0
         done = []
-        for result in self.iter_results():
+        now = time.time()
+        for result in self.iter_results(ALL_KINDS):
+            if result.session:
+                held[result.session] += 1
+            if result.kind != "task":
+                continue
             total += 1
             size += result.size
             by_state[result.state] += 1
             by_task[result.task_name or "(unknown)"] += 1
             no_expiry += not result.flags and not result.session
-            if result.session:
-                sessions.add(result.session)
+            expired += bool(result.expires_at and result.expires_at <= now)
             if result.done_at:
                 done.append(result.done_at)
+        listed = self.sessions(held)
         return {
             "results": total,
             "bytes": size,
             "by_state": dict(by_state),
             "by_task": dict(by_task),
-            "sessions": len(sessions),
+            "sessions": sum(1 for s in listed if s["Held"]),
+            "idle_sessions": len(self.idle_sessions(listed=listed)),
             "without_expiry": no_expiry,
+            "expired_not_removed": expired,
             "oldest": min(done, default=None),
             "newest": max(done, default=None),
         }

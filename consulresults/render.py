@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -49,6 +49,10 @@ def _cell(value: object) -> str:
     return str(value)
 
 
+def _tsv_cell(value: object) -> str:
+    return _cell(value).replace("\t", " ").replace("\n", " ")
+
+
 def emit(
     rows: Sequence[dict],
     columns: Sequence[str],
@@ -69,10 +73,7 @@ def emit(
     elif fmt == "tsv":
         out.write("\t".join(columns) + "\n")
         for row in rows:
-            out.write(
-                "\t".join(_cell(row.get(c)).replace("\t", " ").replace("\n", " ") for c in columns)
-                + "\n"
-            )
+            out.write("\t".join(_tsv_cell(row.get(c)) for c in columns) + "\n")
     else:
         from rich.table import Table
 
@@ -237,3 +238,83 @@ def purge_summary(report: PurgeReport, as_json: bool, complete: bool = True) -> 
         doubt = f", {report.in_flight} more sent without an answer" if report.in_flight else ""
         line += f"; stopped early{doubt}: run the same command again to finish"
     return line
+
+
+# ---------------------------------------------------------------------- watch
+
+WATCH_COLUMNS = ("date_done", "state", "task", "id", "result")
+STATE_STYLES = {"SUCCESS": "green", "FAILURE": "bold red", "RETRY": "yellow", "REVOKED": "red"}
+
+
+def watch_row(result: StoredResult) -> dict:
+    """One stored result as ``watch`` prints it: a failure's result is its exception."""
+    meta = result.meta or {}
+    return {
+        "date_done": meta.get("date_done"),
+        "state": result.state,
+        "task": result.task_name,
+        "id": result.id,
+        "result": result.error or jsonable(meta.get("result")),
+    }
+
+
+class WatchOutput:
+    """Where ``watch`` sends results: on a terminal, coloured lines scrolling above a live
+    status line (counts so far); otherwise tab-separated or ndjson lines, flushed after every
+    round so that a pipe sees them at once."""
+
+    def __init__(self, fmt: str, prefix: str) -> None:
+        self.fmt, self.prefix = fmt, prefix
+        self.counts: dict[str, int] = {}
+        self._live: Any = None
+        self._begun = False
+
+    def __enter__(self) -> WatchOutput:
+        if self.fmt == "table":
+            from rich.live import Live
+
+            self._live = Live(self._status(), console=stdout_console(), transient=True)
+            self._live.start()
+        elif self.fmt == "tsv":
+            sys.stdout.write("\t".join(WATCH_COLUMNS) + "\n")
+            sys.stdout.flush()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._live is not None:
+            self._live.stop()
+
+    def show(self, results: list[StoredResult]) -> None:
+        """One round's results; the first round (what was stored before) is empty, and when
+        it is in, a pipe's reader is told on stderr that the watch has begun."""
+        if not self._begun and self._live is None:
+            sys.stderr.write(f"consul-results: {self._status()}\n")
+            sys.stderr.flush()
+        self._begun = True
+        for result in results:
+            self.counts[result.state] = self.counts.get(result.state, 0) + 1
+            row = watch_row(result)
+            if self._live is not None:
+                self._live.console.print(self._line(row), highlight=False)
+            elif self.fmt == "ndjson":
+                sys.stdout.write(json.dumps(row, default=str) + "\n")
+            elif self.fmt == "ids":
+                sys.stdout.write(f"{row['id']}\n")
+            else:
+                sys.stdout.write("\t".join(_tsv_cell(row[c]) for c in WATCH_COLUMNS) + "\n")
+        if self._live is not None:
+            self._live.update(self._status())
+        else:
+            sys.stdout.flush()
+
+    @staticmethod
+    def _line(row: dict) -> Any:
+        from rich.text import Text  # text, not markup: a result may contain [brackets]
+
+        cells = [Text(_cell(row[c])) for c in WATCH_COLUMNS]
+        cells[1].stylize(STATE_STYLES.get(row["state"], ""))
+        return Text(" ").join(cells)
+
+    def _status(self) -> str:
+        seen = ", ".join(f"{state} {n}" for state, n in sorted(self.counts.items())) or "none yet"
+        return f"watching {self.prefix or '(root)'}/ ({seen}); Ctrl-C stops"

@@ -15,6 +15,8 @@ from celery.backends.base import BaseKeyValueStoreBackend
 from celery.exceptions import ChordError
 from conftest import backend_url, celery_worker
 
+pytestmark = pytest.mark.e2e  # real workers: the full suite's, not the matrix's
+
 TIMEOUT = 60
 
 

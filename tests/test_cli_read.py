@@ -332,3 +332,40 @@ def test_a_command_without_an_app_never_imports_celery(consul_server, consul_pre
     assert run.returncode == 0, run.stderr
     assert "42" in run.stdout
     assert "celery imported: False" in run.stderr
+
+
+def test_stats_for_prometheus_textfile_collector(consul_server, consul_prefix, make_app, api):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from consulresults.expiry import session_name
+
+    backend = make_app(result_extended=True).backend
+    backend.store_result("p-ok", 1, states.SUCCESS, request=_request("tasks.add", "p-ok"))
+    backend.store_result(
+        "p-bad", KeyError("x"), states.FAILURE, request=_request("tasks.div", "p-bad")
+    )
+    stale = '{"status": "SUCCESS", "result": 3, "task_id": "p-old"}'
+    api.put(f"/v1/kv/{consul_prefix}celery-task-meta-p-old?flags=1000", stale)
+    api.session(Name=session_name(consul_prefix.rstrip("/")), TTL="60s")  # holds nothing
+    args = ["stats", "-o", "prometheus", "--backend-url", backend_url(consul_server, consul_prefix)]
+    result = run_cli(*args, *(["--token", consul_server.token] if consul_server.token else []))
+    assert result.returncode == 0, result.stderr
+    samples = {
+        (s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k != "prefix"))): s.value
+        for family in text_string_to_metric_families(result.stdout)
+        for s in family.samples
+    }
+    assert samples[("consul_results_results", (("state", "SUCCESS"),))] == 2
+    assert samples[("consul_results_results", (("state", "FAILURE"),))] == 1
+    assert samples[("consul_results_task_results", (("task", "tasks.add"),))] == 1
+    assert samples[("consul_results_expired_not_removed", ())] == 1
+    assert samples[("consul_results_idle_sessions", ())] == 1
+    assert samples[("consul_results_sessions", ())] == 1
+    assert samples[("consul_results_bytes", ())] > 0
+    assert samples[("consul_results_oldest_result_age_seconds", ())] >= 0
+
+
+def _request(name: str, task_id: str):
+    from celery.app.task import Context
+
+    return Context(id=task_id, task=name, args=(), kwargs={}, hostname="w1", retries=0)

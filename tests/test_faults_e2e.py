@@ -18,7 +18,10 @@ from conftest import celery_worker
 from consulresults.devserver import DevServerProcess, FaultRule
 from consulresults.pytest_plugin import REAL_AGENT_SKIP, external_consul
 
-pytestmark = pytest.mark.skipif(external_consul() is not None, reason=REAL_AGENT_SKIP)
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(external_consul() is not None, reason=REAL_AGENT_SKIP),
+]
 RETRY = {
     "result_backend_always_retry": True,
     "result_backend_max_retries": 50,

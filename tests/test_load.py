@@ -28,6 +28,8 @@ import pytest
 from celery import Celery, chord, states
 from conftest import backend_url, celery_worker
 
+pytestmark = pytest.mark.e2e  # real workers: the full suite's, not the matrix's
+
 SPAWN = multiprocessing.get_context("spawn")
 
 

@@ -40,6 +40,7 @@ def cli(server, *args: str) -> subprocess.CompletedProcess:
     return run_cli(*args, "--http-addr", server.address, "--token", SECRET)
 
 
+@pytest.mark.e2e
 def test_worker_at_debug_works_inside_the_prefix_and_never_logs_the_token(acl_server, tmp_path):
     url = f"consulresults://:{SECRET}@{acl_server.address}/app"
     with celery_worker(url, tmp_path, loglevel="DEBUG") as app:

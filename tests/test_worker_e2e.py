@@ -11,6 +11,8 @@ from celery import chain, chord, group, states
 from celery.exceptions import TimeoutError
 from conftest import backend_url, celery_worker
 
+pytestmark = pytest.mark.e2e  # real workers: the full suite's, not the matrix's
+
 
 @pytest.fixture(scope="module")
 def worker(_consul_server_session, tmp_path_factory):

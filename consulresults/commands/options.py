@@ -142,15 +142,16 @@ IdsArgument = Annotated[
     list[str],
     typer.Argument(metavar="ID...", help="Task ids; - reads them from standard input."),
 ]
-OutputOption = Annotated[
-    str | None,
-    typer.Option(
-        "--output",
-        "-o",
-        metavar="FORMAT",
-        help="table (default on a terminal), json, ndjson, tsv (default when piped) or ids.",
-    ),
-]
+
+
+def output_option(help: str) -> Any:
+    """``-o/--output FORMAT``, with the formats one command takes in its help."""
+    return Annotated[str | None, typer.Option("--output", "-o", metavar="FORMAT", help=help)]
+
+
+OutputOption = output_option(
+    "table (default on a terminal), json, ndjson, tsv (default when piped) or ids."
+)
 StateOption = Annotated[
     list[str] | None,
     typer.Option("--state", metavar="STATE", help="Only results in this state (repeatable)."),

@@ -1,4 +1,4 @@
-"""Read commands on results: ``get``, ``inspect``, ``ls``, ``stats``, ``doctor``."""
+"""Read commands on results: ``get``, ``inspect``, ``ls``, ``stats``, ``watch``, ``doctor``."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from .options import (
     consul_command,
     ids_from,
     open_guarded,
+    output_option,
     selection,
 )
 
@@ -180,12 +181,59 @@ def _sort_key(name: str):
 
 @consul_command
 def stats(
-    conn: Connection, all_prefixes: AllPrefixesOption = False, output: OutputOption = None
+    conn: Connection,
+    all_prefixes: AllPrefixesOption = False,
+    output: output_option(
+        "table (default on a terminal), json, ndjson, tsv (default when piped), or "
+        "prometheus (text format, for node_exporter's textfile collector)."
+    ) = None,
 ) -> None:
-    """Counts by state and task, bytes, oldest and newest, sessions, results without expiry
-    (at the root prefix only with --all-prefixes)."""
+    """Counts by state and task, bytes, oldest and newest, expired results still stored,
+    sessions holding results or nothing, results without expiry (at the root prefix only
+    with --all-prefixes)."""
+    fmt = "prometheus" if output == "prometheus" else check_format(output)
+    ops = open_guarded(conn, all_prefixes)
+    if fmt == "prometheus":
+        from ..prometheus import exposition
+
+        sys.stdout.write(exposition(ops.stats(), ops.prefix))
+        return
+    render.emit_mapping(render.stats_mapping(ops.stats()), fmt)
+
+
+@consul_command
+def watch(
+    conn: Connection,
+    state: StateOption = None,
+    task: TaskOption = None,
+    interval: Annotated[
+        float,
+        typer.Option(
+            "--interval",
+            metavar="SECONDS",
+            min=0.0,
+            help="Start Consul rounds at least this far apart: each returns the whole prefix.",
+        ),
+    ] = 1.0,
+    all_prefixes: AllPrefixesOption = False,
+    output: output_option(
+        "table (a live view, default on a terminal), tsv (default when piped), ndjson or ids."
+    ) = None,
+) -> None:
+    """Print results as they are stored, one line each (state changes too; a failure with its
+    exception), through Consul blocking queries on the prefix, not polling. Ctrl-C stops
+    (exit 130)."""
     fmt = check_format(output)
-    render.emit_mapping(render.stats_mapping(open_guarded(conn, all_prefixes).stats()), fmt)
+    if fmt == "json":
+        raise fail("--output: json cannot stream: use ndjson (one object a line)", EXIT_USAGE)
+    chosen = selection(state, task, None, None, False, False, True)
+    ops = open_guarded(conn, all_prefixes)
+    try:
+        with render.WatchOutput(fmt, ops.prefix) as out:
+            for batch in ops.watch(chosen, interval):
+                out.show(batch)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
 
 
 @consul_command

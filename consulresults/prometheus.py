@@ -1,0 +1,47 @@
+"""``stats -o prometheus``: the figures of ``consul-results stats`` in Prometheus' text format,
+for node_exporter's textfile collector (written from cron, then renamed into place)."""
+
+from __future__ import annotations
+
+import time
+
+# stats fields exported as one unlabelled (but for the prefix) gauge each, with their help
+GAUGES = {
+    "bytes": "Bytes of the stored task results.",
+    "sessions": "Sessions holding keys under the prefix.",
+    "idle_sessions": "Result sessions holding nothing (what sessions gc removes).",
+    "expired_not_removed": "Results whose expiry has passed but that are still stored.",
+    "without_expiry": "Results with neither a session nor a recorded expiry.",
+}
+
+Sample = tuple[dict[str, str], float]
+
+
+def exposition(stats: dict, prefix: str, now: float | None = None) -> str:
+    """Every figure of ``stats`` as a gauge named ``consul_results_*``, labelled with the
+    prefix (and the state or task it counts)."""
+    base = {"prefix": prefix}
+    by_state = [({**base, "state": s}, n) for s, n in sorted(stats["by_state"].items())]
+    by_task = [({**base, "task": t}, n) for t, n in sorted(stats["by_task"].items())]
+    lines = _family("results", "Stored task results, by state.", by_state)
+    lines += _family("task_results", "Stored task results, by task name.", by_task)
+    for field, text in GAUGES.items():
+        lines += _family(field, text, [(base, stats[field])])
+    if stats["oldest"] is not None:
+        age = max(0.0, (time.time() if now is None else now) - stats["oldest"])
+        lines += _family("oldest_result_age_seconds", "Age of the oldest result.", [(base, age)])
+    return "\n".join(lines) + "\n"
+
+
+def _family(name: str, text: str, samples: list[Sample]) -> list[str]:
+    metric = f"consul_results_{name}"
+    lines = [f"# HELP {metric} {text}", f"# TYPE {metric} gauge"]
+    for labels, value in samples:
+        pairs = ",".join(f'{k}="{_escaped(v)}"' for k, v in labels.items())
+        number = str(value) if isinstance(value, int) else f"{value:.3f}"
+        lines.append(f"{metric}{{{pairs}}} {number}")
+    return lines
+
+
+def _escaped(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -1,0 +1,101 @@
+"""``consul-results watch`` as a real process: results as they are stored, one line each, from
+Consul blocking queries (not polling), filtered, and a clean stop on Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import subprocess
+import threading
+
+import pytest
+from celery import states
+from conftest import CONSUL_RESULTS, backend_url
+
+
+class Watcher:
+    """A running ``watch`` whose stdout lines arrive on a queue."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [*CONSUL_RESULTS, "watch", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+        begun = self.process.stderr.readline()  # written once the first round is in
+        assert "watching" in begun, begun
+
+    def _pump(self) -> None:
+        for line in self.process.stdout:
+            self.lines.put(line)
+
+    def next(self, timeout: float = 15.0) -> str:
+        return self.lines.get(timeout=timeout)
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGINT)
+        return self.process.wait(timeout=15)
+
+
+@pytest.fixture
+def watch(consul_server, consul_prefix):
+    started = []
+
+    def start(*args: str) -> Watcher:
+        extra = ["--backend-url", backend_url(consul_server, consul_prefix), "--interval", "0.2"]
+        if consul_server.token:
+            extra += ["--token", consul_server.token]
+        watcher = Watcher(*args, *extra)
+        started.append(watcher)
+        return watcher
+
+    yield start
+    for watcher in started:
+        if watcher.process.poll() is None:
+            watcher.process.kill()
+
+
+def test_results_as_they_are_stored_and_ctrl_c(make_app, watch):
+    backend = make_app().backend
+    backend.store_result("before", 0, states.SUCCESS)  # stored before: not printed
+    watcher = watch("-o", "ndjson")
+    backend.store_result("w1", None, states.STARTED)
+    first = json.loads(watcher.next())
+    assert (first["id"], first["state"]) == ("w1", "STARTED")
+    backend.store_result("w1", 42, states.SUCCESS)  # a state change is a line too
+    changed = json.loads(watcher.next())
+    assert (changed["id"], changed["state"], changed["result"]) == ("w1", "SUCCESS", 42)
+    backend.store_result("w2", ZeroDivisionError("division by zero"), states.FAILURE)
+    failed = json.loads(watcher.next())
+    assert failed["state"] == "FAILURE"
+    assert failed["result"] == "ZeroDivisionError: division by zero"
+    assert watcher.stop() == 130
+    assert "Traceback" not in watcher.process.stderr.read()
+    assert watcher.lines.empty()
+
+
+def test_filters_and_tab_separated_lines(make_app, watch):
+    backend = make_app().backend
+    watcher = watch("--state", "FAILURE")
+    assert watcher.next().split("\t") == ["date_done", "state", "task", "id", "result\n"]
+    backend.store_result("ok", 1, states.SUCCESS)
+    backend.store_result("bad", KeyError("k"), states.FAILURE)
+    row = watcher.next().rstrip("\n").split("\t")
+    assert row[1:4] == ["FAILURE", "-", "bad"]
+    assert watcher.stop() == 130
+    assert watcher.lines.empty()  # the SUCCESS was filtered out
+
+
+def test_json_cannot_stream(consul_server, consul_prefix):
+    from conftest import run_cli
+
+    result = run_cli(
+        "watch", "-o", "json", "--backend-url", backend_url(consul_server, consul_prefix)
+    )
+    assert result.returncode == 2
+    assert "use ndjson" in result.stderr
