@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar, cast
 
 import consul
 from celery import states
@@ -41,6 +42,7 @@ from .retry import RetryPolicy
 from .settings import OPTIONS, ConsulSettings, SettingsError, resolve
 
 logger = get_logger(__name__)
+_T = TypeVar("_T")
 
 
 class ConsulWriteConflict(BackendStoreError):
@@ -60,10 +62,10 @@ class ConsulBackend(ChordMixin, KeyValueStoreBackend):
 
     def __init__(
         self,
-        *args,
+        *args: Any,
         url: str | None = None,
         overrides: Mapping[str, object] | None = None,
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         """``overrides`` (the CLI's connection flags) beat the app's ``consulresults_*``
         settings, which beat the URL, which beats the ``CONSUL_*`` environment."""
@@ -128,7 +130,7 @@ class ConsulBackend(ChordMixin, KeyValueStoreBackend):
         built-in backend."""
         return self.prefix or None
 
-    def client(self) -> consul.Consul:
+    def client(self) -> ConsulClient:
         """A python-consul2 client on this backend's connection: address, token, TLS,
         datacenter and consistency included, over the same pooled keep-alive sockets."""
         return self._client
@@ -137,11 +139,13 @@ class ConsulBackend(ChordMixin, KeyValueStoreBackend):
         """The backend URL without the token, whatever ``include_password`` says."""
         return self.settings.redacted_url()
 
-    def __reduce__(self, args=(), kwargs=None):
+    def __reduce__(
+        self, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> tuple[Any, ...]:
         extra = {"url": self.url, "expires": self.expires}
         if self._overrides:
             extra["overrides"] = self._overrides
-        return super().__reduce__(args, dict(kwargs or {}, **extra))
+        return cast("tuple[Any, ...]", super().__reduce__(args, dict(kwargs or {}, **extra)))
 
     def operations(self) -> ResultOperations:
         """The CLI's operations on this backend's results, decoded as this app decodes them."""
@@ -156,11 +160,11 @@ class ConsulBackend(ChordMixin, KeyValueStoreBackend):
         entry = self.store.entry(self._key(key))
         return entry["Value"] if entry else None
 
-    def mget(self, keys: list) -> list[bytes | None]:
+    def mget(self, keys: list[str | bytes]) -> list[bytes | None]:
         """Values for many keys in as few requests as the server's txn limit allows."""
         names = [self._key(k) for k in keys]
         entries = self.store.entries(names)
-        return [entries[n]["Value"] if entries[n] else None for n in names]
+        return [e["Value"] if (e := entries[n]) else None for n in names]
 
     # ------------------------------------------------------------------ writes
 
@@ -169,7 +173,7 @@ class ConsulBackend(ChordMixin, KeyValueStoreBackend):
         self._write(self._key(key), value, self.expiry)
         return True
 
-    def _set_with_state(self, key, value, state) -> None:
+    def _set_with_state(self, key: str | bytes, value: bytes | str, state: str) -> None:
         self._write(self._key(key), value, self._plan_for_state(state))
 
     def _plan_for_state(self, state: str) -> ExpiryPlan:
@@ -178,7 +182,15 @@ class ConsulBackend(ChordMixin, KeyValueStoreBackend):
             return self._plan(self.failure_expires)
         return self.expiry
 
-    def _store_result(self, task_id, result, state, traceback=None, request=None, **kwargs):
+    def _store_result(
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: str | None = None,
+        request: Any = None,
+        **kwargs: Any,
+    ) -> Any:
         """Store atomically, never over a SUCCESS (Celery's guard, without its race)."""
         meta = self._get_result_meta(
             result=result, state=state, traceback=traceback, request=request
@@ -211,7 +223,13 @@ class ConsulBackend(ChordMixin, KeyValueStoreBackend):
         except WriteConflict as exc:
             raise ConsulWriteConflict(str(exc)) from exc
 
-    def _update(self, key: str, change: Callable, plan: ExpiryPlan, create: bool = False) -> None:
+    def _update(
+        self,
+        key: str,
+        change: Callable[[bytes | None], bytes | None],
+        plan: ExpiryPlan,
+        create: bool = False,
+    ) -> None:
         try:
             self.store.update(key, change, plan, create)
         except WriteConflict as exc:
@@ -221,7 +239,7 @@ class ConsulBackend(ChordMixin, KeyValueStoreBackend):
         if not value:
             return False
         try:
-            return self.decode_result(value).get("status") == states.SUCCESS
+            return cast(bool, self.decode_result(value).get("status") == states.SUCCESS)
         except Exception:  # not a result we can read: nothing to protect
             return False
 
@@ -231,7 +249,14 @@ class ConsulBackend(ChordMixin, KeyValueStoreBackend):
 
     # ------------------------------------------------------------------ waiting
 
-    def wait_for(self, task_id, timeout=None, interval=0.5, no_ack=True, on_interval=None):
+    def wait_for(
+        self,
+        task_id: str,
+        timeout: float | None = None,
+        interval: float = 0.5,
+        no_ack: bool = True,
+        on_interval: Callable[[], object] | None = None,
+    ) -> dict[str, Any]:
         """Wait with Consul blocking queries: the answer comes as soon as the result is stored.
 
         ``on_interval`` is how ``AsyncResult.get()`` checks the parents (a chord's header):
@@ -240,7 +265,7 @@ class ConsulBackend(ChordMixin, KeyValueStoreBackend):
         least ten times what the last check took, so checking a 1,000-task header never
         crowds out the wait itself."""
         self._ensure_not_eager()
-        cached = self._cache.get(task_id)
+        cached: dict[str, Any] | None = self._cache.get(task_id)
         if cached and cached["status"] in states.READY_STATES:
             return cached
         timeout = self._bounded(timeout)
@@ -261,7 +286,7 @@ class ConsulBackend(ChordMixin, KeyValueStoreBackend):
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError("The operation timed out.")
 
-    def _retrying(self, fn: Callable, *args):
+    def _retrying(self, fn: Callable[..., _T], *args: Any) -> _T:
         return self._wait_policy.call(lambda: fn(*args))
 
     def _retry_policy(self) -> RetryPolicy:
@@ -272,11 +297,14 @@ class ConsulBackend(ChordMixin, KeyValueStoreBackend):
 
         def delay(retries: int) -> float:
             return (
-                get_exponential_backoff_interval(
-                    self.base_sleep_between_retries_ms,
-                    retries,
-                    self.max_sleep_between_retries_ms,
-                    True,
+                cast(
+                    float,
+                    get_exponential_backoff_interval(
+                        self.base_sleep_between_retries_ms,
+                        retries,
+                        self.max_sleep_between_retries_ms,
+                        True,
+                    ),
                 )
                 / 1000
             )
@@ -292,13 +320,13 @@ class ConsulBackend(ChordMixin, KeyValueStoreBackend):
         )
 
     @staticmethod
-    def _block_time(deadline: float | None, on_interval, checking: float = 0.0) -> float:
+    def _block_time(deadline: float | None, on_interval: object, checking: float = 0.0) -> float:
         wait = max(1.0, 10 * checking) if on_interval else BLOCK_SECONDS
         if deadline is not None:
             wait = min(wait, max(0.0, deadline - time.monotonic()))
         return wait
 
-    def _meta_blocking(self, key: str, index: int, wait: float) -> tuple[dict, int]:
+    def _meta_blocking(self, key: str, index: int, wait: float) -> tuple[dict[str, Any], int]:
         """One blocking read: the decoded meta (PENDING when absent) and the index to wait past."""
         entry, index = self.store.read_blocking(key, index, wait)
         if entry is None:
@@ -307,15 +335,15 @@ class ConsulBackend(ChordMixin, KeyValueStoreBackend):
 
     def get_many(
         self,
-        task_ids,
-        timeout=None,
-        interval=0.5,
-        no_ack=True,
-        on_message=None,
-        on_interval=None,
-        max_iterations=None,
-        READY_STATES=states.READY_STATES,
-    ):
+        task_ids: Iterable[str],
+        timeout: float | None = None,
+        interval: float = 0.5,
+        no_ack: bool = True,
+        on_message: Callable[[dict[str, Any]], object] | None = None,
+        on_interval: Callable[[], object] | None = None,
+        max_iterations: int | None = None,
+        READY_STATES: frozenset[str] = states.READY_STATES,
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
         """Like Celery's, but between rounds it blocks on a pending key instead of sleeping."""
         ids = set(task_ids)
         for task_id in list(ids):

@@ -14,10 +14,11 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from typing import Any, cast
 
 from celery import states
 from celery.backends.base import KeyValueStoreBackend
-from celery.canvas import maybe_signature
+from celery.canvas import Signature, maybe_signature
 from celery.exceptions import ChordError
 from celery.result import GroupResult, ResultBase, result_from_tuple
 from celery.utils.log import get_logger
@@ -39,7 +40,19 @@ class ChordMixin(KeyValueStoreBackend):
         """This thread's wait deadline, if a chord join set one (:meth:`_waits_bounded`)."""
         return threading.local()
 
-    def _apply_chord_incr(self, header_result_args, body, **kwargs) -> None:
+    @property
+    def chord_expires(self) -> float | None:
+        """How long a chord's own keys live: ``result_chord_expires``, else ``result_expires``
+        (Celery 5.7's rule, here so that earlier Celery, which has no such setting, gets it)."""
+        chord = self.app.conf.get("result_chord_expires")
+        return cast(
+            "float | None",
+            self.expires if chord is None else self.prepare_expires(chord, type=float),
+        )
+
+    def _apply_chord_incr(
+        self, header_result_args: tuple[Any, ...], body: Signature, **kwargs: Any
+    ) -> None:
         """Celery calls this as ``apply_chord`` (its key/value base binds it when
         ``implements_incr``), before the header is sent: save the header's GroupResult, as
         Celery does, and record which task ids make up the header."""
@@ -52,7 +65,14 @@ class ChordMixin(KeyValueStoreBackend):
         )
         self.chords.start(header.id, _reporting_ids(header), self._plan(self.chord_expires))
 
-    def mark_as_failure(self, task_id, exc, traceback=None, request=None, **kwargs):
+    def mark_as_failure(
+        self,
+        task_id: str,
+        exc: BaseException,
+        traceback: str | None = None,
+        request: Any = None,
+        **kwargs: Any,
+    ) -> Any:
         """Celery fails what is chained after a failed task, but not a group ending the
         chain (it has no id of its own), so waiting on its GroupResult never ends (Celery
         issue #6437): its tasks fail too, with the same error."""
@@ -63,15 +83,15 @@ class ChordMixin(KeyValueStoreBackend):
                     self.store_result(member, exc, states.FAILURE, traceback=traceback)
         return info
 
-    def set_chord_size(self, group_id, chord_size) -> None:
+    def set_chord_size(self, group_id: str, chord_size: int) -> None:
         """Nothing to do: the size is counted from the header's task ids at apply time, which
         Celery's own count (``chord_size``) always equals for a header it applied."""
 
-    def add_to_chord(self, group_id, result) -> None:
+    def add_to_chord(self, group_id: str, result: ResultBase) -> None:
         """``Task.add_to_chord``: one more task the chord's body waits for."""
         self.chords.add(group_id, result.id, self._plan(self.chord_expires))
 
-    def on_chord_part_return(self, request, state, result, **kwargs) -> None:
+    def on_chord_part_return(self, request: Any, state: str, result: Any, **kwargs: Any) -> None:
         """Record this header part (one request). The part that completes the header sends
         the body with every part's result, or fails it with the first failed part's error:
         it never waits for anything."""
@@ -93,7 +113,7 @@ class ChordMixin(KeyValueStoreBackend):
         if fire:
             self._fire_body(group_id, callback)
 
-    def _fire_body(self, group_id: str, callback) -> None:
+    def _fire_body(self, group_id: str, callback: Signature) -> None:
         """Send the body, or fail it with a ChordError naming why (a failed part, the header's
         GroupResult gone, Consul unreachable), as Celery's Redis backend does; then leave the
         tombstone, so no copy of a part sends it again."""
@@ -110,12 +130,12 @@ class ChordMixin(KeyValueStoreBackend):
         finally:
             self._finish(group_id)
 
-    def _gathered(self, group_id: str) -> list:
+    def _gathered(self, group_id: str) -> list[Any]:
         parts, saved = self.chords.gather(group_id, self._key(self.get_key_for_group(group_id)))
         reported = {tid: (state, value) for tid, state, value in map(self.decode, parts)}
         return self._header_values(group_id, reported, saved)
 
-    def _fail_body(self, group_id: str, callback, error: ChordError) -> None:
+    def _fail_body(self, group_id: str, callback: Signature, error: ChordError) -> None:
         logger.error("Chord %r raised: %r", group_id, error)
         self.chord_error_from_stack(callback, error)
 
@@ -127,15 +147,17 @@ class ChordMixin(KeyValueStoreBackend):
         except Exception as exc:
             logger.error("Chord %r: could not leave its tombstone: %r", group_id, exc)
 
-    def _header_values(self, group_id: str, parts: dict, saved: dict | None) -> list:
+    def _header_values(
+        self, group_id: str, parts: dict[str, tuple[str, Any]], saved: dict[str, Any] | None
+    ) -> list[Any]:
         """The body's argument, shaped like the header (a nested group gives a nested list)."""
         if saved is None:
             raise ChordError(f"GroupResult {group_id} no longer exists")
         header = result_from_tuple(self.decode(saved["Value"])["result"], self.app)
         return self._values_of(header.results, parts)
 
-    def _values_of(self, results: list[ResultBase], parts: dict) -> list:
-        values = []
+    def _values_of(self, results: list[ResultBase], parts: dict[str, tuple[str, Any]]) -> list[Any]:
+        values: list[Any] = []
         for result in results:
             if isinstance(result, GroupResult):
                 values.append(self._values_of(result.results, parts))
@@ -157,9 +179,9 @@ class ChordMixin(KeyValueStoreBackend):
         Celery 5.7 calls ``_chord_result_expires``; earlier Celery has no such property)."""
         if not self.chord_expires or not self.expires:
             return None
-        return max(self.chord_expires, self.expires)
+        return cast(float, max(self.chord_expires, self.expires))
 
-    def _legacy_part_return(self, request, state, result, **kwargs) -> None:
+    def _legacy_part_return(self, request: Any, state: str, result: Any, **kwargs: Any) -> None:
         """A chord applied by an earlier release (one counter key): finish it as that release
         did, Celery's way, but with every wait of the join bounded."""
         with self._waits_bounded(self.app.conf.result_chord_join_timeout or JOIN_BOUND):
@@ -176,7 +198,7 @@ class ChordMixin(KeyValueStoreBackend):
             self._waits.deadline = None
 
     def _bounded(self, timeout: float | None) -> float | None:
-        deadline = getattr(self._waits, "deadline", None)
+        deadline: float | None = getattr(self._waits, "deadline", None)
         if deadline is None:
             return timeout
         left = max(0.0, deadline - time.monotonic())
@@ -217,7 +239,7 @@ def _reporting_ids(result: ResultBase) -> list[str]:
     return [result.id]
 
 
-def _group_members(signature) -> list[str]:
+def _group_members(signature: object) -> list[str]:
     """The frozen task ids of a group signature (as a request carries it in its chain)."""
     if not isinstance(signature, Mapping) or signature.get("subtask_type") != "group":
         return []

@@ -27,7 +27,8 @@ from __future__ import annotations
 import json
 import uuid
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
 from . import layout
 from .connection import TxnAnswer, is_transient
@@ -82,7 +83,10 @@ class ChordStore:
         for key, value in writes.items():
             op = self._put(key, json.dumps(value).encode(), plan)
             if batch and _size(batch) + _size([op]) > START_BATCH_BYTES:
-                self._retry.call(lambda batch=batch: self._apply(batch, plan))
+                # cast: mypy cannot infer the type of a lambda with default arguments
+                self._retry.call(
+                    cast("Callable[[], bool]", lambda batch=batch: self._apply(batch, plan))
+                )
                 batch = []
             batch.append(op)
         self._retry.call(lambda: self._apply(batch, plan))
@@ -206,12 +210,12 @@ class ChordStore:
 
     # ------------------------------------------------------------------ txn plumbing
 
-    def _put(self, key: str, value: bytes, plan: ExpiryPlan) -> dict:
+    def _put(self, key: str, value: bytes, plan: ExpiryPlan) -> dict[str, Any]:
         """A write held by this process's session for ``plan`` (its id is filled in per try)."""
         written = {"Key": key, "Value": encode_value(value), "Flags": plan.flags()}
         return {"KV": {"Verb": "set", **written}}
 
-    def _txn(self, ops: list[dict], plan: ExpiryPlan) -> TxnAnswer:
+    def _txn(self, ops: list[dict[str, Any]], plan: ExpiryPlan) -> TxnAnswer:
         session = self.store.sessions.get(plan)
         if session:
             ops = [_held(op, session) for op in ops]
@@ -221,13 +225,15 @@ class ChordStore:
             raise _TryAgain(session)
         return answer
 
-    def _apply(self, ops: list[dict], plan: ExpiryPlan, conflicts_ok: bool = False) -> bool:
+    def _apply(
+        self, ops: list[dict[str, Any]], plan: ExpiryPlan, conflicts_ok: bool = False
+    ) -> bool:
         answer = self._txn(ops, plan)
         if not answer.applied and not conflicts_ok:
             raise answer.error()
         return answer.applied
 
-    def _read_txn(self, ops: list[dict]) -> dict[str, Entry]:
+    def _read_txn(self, ops: list[dict[str, Any]]) -> dict[str, Entry]:
         """Read-only txn; a ``get`` of a missing key just leaves it out."""
         answer = self.store.transport.txn(ops)
         if answer.applied:
@@ -242,11 +248,11 @@ class ChordStore:
         return {k: e for k, e in self.store.entries(keys).items() if e is not None}
 
 
-def _size(ops: list[dict]) -> int:
+def _size(ops: list[dict[str, Any]]) -> int:
     return len(json.dumps(ops))
 
 
-def _held(op: dict, session: str) -> dict:
+def _held(op: dict[str, Any], session: str) -> dict[str, Any]:
     """A ``set`` becomes a ``lock`` under ``session``, so the key goes when the session does."""
     kv = op["KV"]
     if kv["Verb"] != "set":
@@ -258,13 +264,13 @@ def _expected_refusal(what: str) -> bool:
     return "doesn't exist" in what or "lock is already held" in what
 
 
-def _check(key: str, entry: Entry | None) -> dict:
+def _check(key: str, entry: Entry | None) -> dict[str, Any]:
     if entry is None:
         return {"KV": {"Verb": "check-not-exists", "Key": key}}
     return {"KV": {"Verb": "check-index", "Key": key, "Index": entry["ModifyIndex"]}}
 
 
-def _by_key(results: list[dict] | None) -> dict[str, Entry]:
+def _by_key(results: list[dict[str, Any]] | None) -> dict[str, Entry]:
     """Txn results by key, values decoded; a later result for a key replaces an earlier one
     (a write's echo has no value, the read after it has)."""
     found: dict[str, Entry] = {}

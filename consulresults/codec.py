@@ -11,7 +11,7 @@ is refused: unpickling runs code, so only an app that accepts pickle (``-A``) ma
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 COMPRESSED_MAGIC = b"\x00celery-compressed\x00"
 EXCEPTION_STATES = frozenset({"FAILURE", "RETRY", "REVOKED"})
@@ -23,7 +23,7 @@ class UnreadableResult(ValueError):
     """A payload this decoder will not or cannot read (pickle, garbage, another format)."""
 
 
-def decode_meta(payload: bytes) -> dict:
+def decode_meta(payload: bytes) -> dict[str, Any]:
     """The meta dict of a stored result, as Celery's ``decode_result`` would give it."""
     if payload.startswith(COMPRESSED_MAGIC):
         payload = _decompress(payload[len(COMPRESSED_MAGIC) :])
@@ -55,7 +55,7 @@ def _module(name: str) -> Any:
         raise UnreadableResult(f"{name} results need the {package} package installed") from None
 
 
-def _kombu_json(obj: dict) -> object:
+def _kombu_json(obj: dict[str, Any]) -> object:
     """kombu writes datetimes, UUIDs, decimals and bytes as ``{"__type__", "__value__"}``."""
     if set(obj) == {"__type__", "__value__"}:
         return obj["__value__"]
@@ -67,13 +67,15 @@ def _decompress(payload: bytes) -> bytes:
     from kombu.compression import decompress
 
     content_type, _, body = payload.partition(b"\x00")
-    return decompress(body, content_type.decode("utf-8"))
+    return cast(bytes, decompress(body, content_type.decode("utf-8")))
 
 
-def stored_exception(data: dict) -> BaseException:
+def stored_exception(data: dict[str, Any]) -> BaseException:
     """An exception of the stored type's name with the stored arguments; the type is made
     here, not imported, so a stored result cannot make this process import anything."""
     name = str(data.get("exc_type") or "Exception").rsplit(".", 1)[-1]
     message = data.get("exc_message", "")
     args = tuple(message) if isinstance(message, (list, tuple)) else (message,)
-    return type(name, (Exception,), {"__module__": str(data.get("exc_module"))})(*args)
+    return cast(
+        BaseException, type(name, (Exception,), {"__module__": str(data.get("exc_module"))})(*args)
+    )

@@ -14,9 +14,9 @@ import json
 import os
 import ssl
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import consul.base
 import requests
@@ -26,6 +26,8 @@ from .settings import ConsulSettings, SettingsError
 
 POOL_SIZE = 32
 _CONSISTENT_READS = ("/v1/kv/", "/v1/session/info/", "/v1/session/list")
+
+_T = TypeVar("_T")
 
 
 class ConsulError(consul.base.ConsulException):
@@ -84,8 +86,8 @@ class Response:
 class TxnAnswer:
     """A ``/v1/txn`` answer: ``results`` when it applied, else the operations' ``errors``."""
 
-    results: list[dict] | None
-    errors: list[dict]
+    results: list[dict[str, Any]] | None
+    errors: list[dict[str, Any]]
 
     @property
     def applied(self) -> bool:
@@ -113,7 +115,7 @@ class _Adapter(HTTPAdapter):
         self._tls_server_name = tls_server_name
         super().__init__(pool_connections=4, pool_maxsize=POOL_SIZE, max_retries=0)
 
-    def init_poolmanager(self, *args, **kwargs):
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         if self._tls_server_name:
             kwargs.update(
                 server_hostname=self._tls_server_name, assert_hostname=self._tls_server_name
@@ -185,18 +187,19 @@ class Transport(consul.base.HTTPClient):
                     session.mount("https://", adapter)
                     session.trust_env = False  # CONSUL_* settings are resolved elsewhere
                     self._session, self._pid = session, os.getpid()
+        assert self._session is not None  # set (before _pid) by this process, just above or earlier
         return self._session
 
     def _send(
         self,
         method: str,
-        callback: Callable,
+        callback: Callable[[Any], _T],
         path: str,
-        params=None,
-        data=None,
-        headers=None,
+        params: Iterable[tuple[str, Any]] | None = None,
+        data: str | bytes | None = None,
+        headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
-    ):
+    ) -> _T:
         headers = dict(headers or {})
         if self._token:
             headers["X-Consul-Token"] = self._token
@@ -226,16 +229,43 @@ class Transport(consul.base.HTTPClient):
             )
         )
 
-    def get(self, callback, path, params=None, headers=None):
+    def get(
+        self,
+        callback: Callable[[Any], _T],
+        path: str,
+        params: Iterable[tuple[str, Any]] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> _T:
         return self._send("GET", callback, path, params, headers=headers)
 
-    def put(self, callback, path, params=None, data="", headers=None):
+    def put(
+        self,
+        callback: Callable[[Any], _T],
+        path: str,
+        params: Iterable[tuple[str, Any]] | None = None,
+        data: str | bytes | None = "",
+        headers: Mapping[str, str] | None = None,
+    ) -> _T:
         return self._send("PUT", callback, path, params, data, headers)
 
-    def delete(self, callback, path, params=None, data="", headers=None):
+    def delete(
+        self,
+        callback: Callable[[Any], _T],
+        path: str,
+        params: Iterable[tuple[str, Any]] | None = None,
+        data: str | bytes | None = "",
+        headers: Mapping[str, str] | None = None,
+    ) -> _T:
         return self._send("DELETE", callback, path, params, data, headers)
 
-    def post(self, callback, path, params=None, headers=None, data=""):
+    def post(
+        self,
+        callback: Callable[[Any], _T],
+        path: str,
+        params: Iterable[tuple[str, Any]] | None = None,
+        headers: Mapping[str, str] | None = None,
+        data: str | bytes | None = "",
+    ) -> _T:
         return self._send("POST", callback, path, params, data, headers)
 
     def request(
@@ -265,7 +295,7 @@ class Transport(consul.base.HTTPClient):
             raise error_for(response)
         return response
 
-    def txn(self, ops: list[dict]) -> TxnAnswer:
+    def txn(self, ops: list[dict[str, Any]]) -> TxnAnswer:
         """Apply ``ops`` atomically. A 409 is an answer (the checks failed), unless an operation
         was denied by the ACLs: Consul reports that inside the 409 too, and it is no conflict."""
         response = self.request("PUT", "/v1/txn", body=ops, expect=(200, 409))

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from celery import Celery, chord, group
 from rich.console import Console
@@ -21,7 +22,7 @@ from rich.table import Table
 PREFIX = "demo"
 
 
-def filesystem_broker(directory: str | Path) -> dict:
+def filesystem_broker(directory: str | Path) -> dict[str, Any]:
     """Celery settings for kombu's filesystem transport in ``directory``: a broker that needs
     no server (the demo and the end-to-end tests use it)."""
     folders = {name: str(Path(directory, name)) for name in ("queue", "processed", "control")}
@@ -52,15 +53,15 @@ def make_app(backend_url: str, broker_dir: str) -> Celery:
     )
 
     @app.task(name="demo.add", shared=False)
-    def add(x, y):
+    def add(x: float, y: float) -> float:
         return x + y
 
     @app.task(name="demo.divide", shared=False)
-    def divide(x, y):
+    def divide(x: float, y: float) -> float:
         return x / y
 
     @app.task(name="demo.total", shared=False)
-    def total(values):
+    def total(values: list[float]) -> float:
         return sum(values)
 
     return app
@@ -72,7 +73,7 @@ app = make_app(
 )
 
 
-def start_worker(env: dict, log: Path) -> subprocess.Popen:
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         [
             sys.executable,

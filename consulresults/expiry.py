@@ -26,6 +26,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any, cast
 
 from .connection import Transport, is_transient
 from .retry import RetryPolicy
@@ -111,7 +112,7 @@ def made_for(name: str, prefix: str) -> bool:
 def create_session(transport: Transport, name: str, ttl: int) -> str:
     """A session that deletes what it holds when it goes, with no checks and no lock delay."""
     body = {"name": name, "checks": [], "lockdelay": "0s", "behavior": "delete", "ttl": f"{ttl}s"}
-    return transport.request("PUT", "/v1/session/create", body=body).body["ID"]
+    return cast(str, transport.request("PUT", "/v1/session/create", body=body).body["ID"])
 
 
 class SessionPool:
@@ -161,7 +162,7 @@ class SessionPool:
                 exc,
             )
 
-    def discard_if_invalid(self, session_id: str | None, errors: list[dict]) -> None:
+    def discard_if_invalid(self, session_id: str | None, errors: list[dict[str, Any]]) -> None:
         """Forget a session a txn reported invalid (expired, or destroyed by an operator)."""
         if not session_id or not any("invalid session" in e["What"] for e in errors):
             return

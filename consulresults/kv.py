@@ -17,6 +17,7 @@ import base64
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any, cast
 
 from . import layout
 from .connection import ConsulError, Response, Transport, TxnAnswer, is_transient
@@ -31,7 +32,7 @@ CONFLICT_BACKOFF = (0.002, 0.25)
 KNOWN_INDEXES = 4096
 READS = RetryPolicy(is_transient, doubling(0.05), max_retries=4)
 
-Entry = dict  # a KV entry as Consul returns it, with ``Value`` already base64-decoded
+Entry = dict[str, Any]  # a KV entry as Consul returns it, with ``Value`` already base64-decoded
 
 
 class WriteConflict(Exception):
@@ -54,7 +55,7 @@ def encode_value(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def decoded(entry: dict) -> Entry:
+def decoded(entry: dict[str, Any]) -> Entry:
     """An entry as Consul sends it, with its value base64-decoded."""
     return {**entry, "Value": decode_value(entry.get("Value"))}
 
@@ -91,7 +92,13 @@ class KVStore:
         while pos < len(keys):
             batch = keys[pos : pos + self.txn_ops]
             read = self._read_batch if self._get_or_empty else self._read_batch_legacy
-            results = READS.call(lambda batch=batch, read=read: read(batch))
+            # cast: mypy cannot infer the type of a lambda with default arguments
+            results = READS.call(
+                cast(
+                    "Callable[[], dict[str, Entry | None] | None]",
+                    lambda batch=batch, read=read: read(batch),
+                )
+            )
             if results is None:
                 continue  # the server was older than it looked; retry this batch
             found.update(results)
@@ -144,7 +151,7 @@ class KVStore:
         entry = decoded(response.body[0]) if response.status == 200 else None
         return entry, new_index
 
-    def read_tree_blocking(self, index: int, wait: float) -> tuple[list[dict], int]:
+    def read_tree_blocking(self, index: int, wait: float) -> tuple[list[dict[str, Any]], int]:
         """Every entry under the prefix in one blocking GET (Consul has no other way to watch a
         prefix), values left base64-encoded so that only the ones a caller needs are decoded
         (:func:`decoded`); and the index to wait past next."""
@@ -188,7 +195,8 @@ class KVStore:
         if len(data) > MAX_VALUE_SIZE:
             raise ValueTooLarge(
                 f"result is {len(data)} bytes, over Consul's {MAX_VALUE_SIZE}-byte value limit "
-                "(kv_max_value_size): set result_compression (e.g. 'zlib') or return less data"
+                "(kv_max_value_size): set result_compression (e.g. 'zlib', Celery 5.7+) or "
+                "return less data"
             )
         with self._known_lock:
             remembered = self._known.get(key)
@@ -305,11 +313,11 @@ class KVStore:
 
 def _write_ops(
     key: str, data: bytes, flags: int, session: str | None, known: tuple[int, str] | None
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """check (absent, or unchanged since read) + unlock another holder + lock (or set)."""
     written = {"Key": key, "Value": encode_value(data), "Flags": flags}
     if known is None:
-        ops: list[dict] = [{"KV": {"Verb": "check-not-exists", "Key": key}}]
+        ops: list[dict[str, Any]] = [{"KV": {"Verb": "check-not-exists", "Key": key}}]
     else:
         index, holder = known
         ops = [{"KV": {"Verb": "check-index", "Key": key, "Index": index}}]

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 from . import layout
 from .codec import decode_meta
@@ -47,7 +47,7 @@ class StoredResult:
     create_index: int
     modify_index: int
     lock_index: int
-    meta: dict | None = None
+    meta: dict[str, Any] | None = None
     error: str | None = None
 
     @property
@@ -137,7 +137,7 @@ class ResultOperations:
         self,
         store: KVStore,
         expiry: ExpiryPlan,
-        decode: Callable[[bytes], dict] = decode_meta,
+        decode: Callable[[bytes], dict[str, Any]] = decode_meta,
         retry: RetryPolicy | None = None,
     ) -> None:
         self.store = store
@@ -245,7 +245,7 @@ class ResultOperations:
             yield [r for r in self._results(changed) if selection.matches(r, time.time())]
             time.sleep(max(0.0, started + min_interval - time.monotonic()))
 
-    def _results(self, entries: list[dict]) -> Iterator[StoredResult]:
+    def _results(self, entries: list[dict[str, Any]]) -> Iterator[StoredResult]:
         for entry in entries:
             parsed = layout.parse_key(self.prefix, entry["Key"])
             if parsed is not None and parsed.kind == "task":
@@ -255,12 +255,12 @@ class ResultOperations:
         """``read(*args)`` for a wait, under the app's retry policy when there is one."""
         return self.retry.call(lambda: read(*args)) if self.retry else read(*args)
 
-    def session_info(self, session_id: str) -> dict | None:
+    def session_info(self, session_id: str) -> dict[str, Any] | None:
         """The session behind a result (TTL, behaviour, node...), or None once it is gone."""
         response = self.store.transport.request("GET", f"/v1/session/info/{session_id}")
-        return (response.body or [None])[0]
+        return cast("dict[str, Any] | None", (response.body or [None])[0])
 
-    def sessions(self, held: Counter | None = None) -> list[dict]:
+    def sessions(self, held: Counter[str] | None = None) -> list[dict[str, Any]]:
         """All sessions the agent knows, each with ``Held``: how many keys under the prefix it
         holds (results of this backend and of Celery's built-in one alike). ``held``: those
         counts, when the caller has read every key already."""
@@ -270,8 +270,8 @@ class ResultOperations:
         return [dict(s, Held=held.get(s["ID"], 0)) for s in listed or []]
 
     def idle_sessions(
-        self, among: set[str] | None = None, listed: list[dict] | None = None
-    ) -> list[dict]:
+        self, among: set[str] | None = None, listed: list[dict[str, Any]] | None = None
+    ) -> list[dict[str, Any]]:
         """Result sessions that hold nothing any more, and provably nothing elsewhere either:
         ours made for this prefix (the name says so) holding no key under it, and Celery
         built-in ones (named after the one key they were made for) not holding that key here.
@@ -371,13 +371,13 @@ class ResultOperations:
             return False
         return self.delete_results([found]).deleted == 1
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         """Counts by state and task, bytes, oldest/newest, results whose expiry has passed but
         that are still there, results without expiry, sessions holding results and sessions
         holding nothing (one listing, batched reads, one session list)."""
-        by_state: Counter = Counter()
-        by_task: Counter = Counter()
-        held: Counter = Counter()
+        by_state: Counter[str] = Counter()
+        by_task: Counter[str] = Counter()
+        held: Counter[str] = Counter()
         total = size = no_expiry = expired = 0
         done = []
         now = time.time()

@@ -4,6 +4,7 @@ for node_exporter's textfile collector (written from cron, then renamed into pla
 from __future__ import annotations
 
 import time
+from typing import Any
 
 # stats fields exported as one unlabelled (but for the prefix) gauge each, with their help
 GAUGES = {
@@ -17,7 +18,7 @@ GAUGES = {
 Sample = tuple[dict[str, str], float]
 
 
-def exposition(stats: dict, prefix: str, now: float | None = None) -> str:
+def exposition(stats: dict[str, Any], prefix: str, now: float | None = None) -> str:
     """Every figure of ``stats`` as a gauge named ``consul_results_*``, labelled with the
     prefix (and the state or task it counts)."""
     base = {"prefix": prefix}

@@ -17,6 +17,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import pytest
@@ -52,7 +53,7 @@ class ExternalConsul:
         return f"{self.host}:{self.port}"
 
     @property
-    def faults(self):
+    def faults(self) -> NoReturn:
         pytest.skip(REAL_AGENT_SKIP)
 
     def counters(self) -> dict[str, int]:
@@ -74,19 +75,20 @@ def external_consul() -> ExternalConsul | None:
 
 
 @pytest.fixture(scope="session")
-def consul_dev_server_options() -> dict:
+def consul_dev_server_options() -> dict[str, Any]:
     """Keyword arguments for the shared dev server (see ``DevServer``); override to change."""
     return {}
 
 
 @pytest.fixture(scope="session")
-def _consul_server_session(consul_dev_server_options: dict) -> Iterator[object]:
+def _consul_server_session(consul_dev_server_options: dict[str, Any]) -> Iterator[object]:
     external = external_consul()
     if external is not None:
         yield external
         return
     from consulresults.devserver import DevServer
 
+    server: Any  # given is_dev_server and token below, the attributes ExternalConsul has
     with DevServer(**consul_dev_server_options) as server:
         server.is_dev_server = True
         server.token = None
@@ -94,7 +96,7 @@ def _consul_server_session(consul_dev_server_options: dict) -> Iterator[object]:
 
 
 @pytest.fixture
-def consul_server(_consul_server_session) -> Iterator[object]:
+def consul_server(_consul_server_session: Any) -> Iterator[object]:
     """The Consul to test against; fault rules set by the test are cleared afterwards."""
     yield _consul_server_session
     if getattr(_consul_server_session, "is_dev_server", False):
@@ -102,7 +104,7 @@ def consul_server(_consul_server_session) -> Iterator[object]:
 
 
 @pytest.fixture
-def consul_prefix(consul_server) -> Iterator[str]:
+def consul_prefix(consul_server: Any) -> Iterator[str]:
     """A unique ``test-…/`` KV prefix, removed (recursively) after the test."""
     prefix = f"test-{uuid.uuid4().hex[:12]}/"
     yield prefix
@@ -124,10 +126,10 @@ def consul_dev_server_factory() -> Iterator[Callable[..., object]]:
         pytest.skip(REAL_AGENT_SKIP)
     from consulresults.devserver import DevServer
 
-    servers = []
+    servers: list[DevServer] = []
 
-    def start(**options):
-        server = DevServer(**options).start()
+    def start(**options: Any) -> object:
+        server: Any = DevServer(**options).start()  # given the attributes ExternalConsul has
         server.is_dev_server = True
         server.token = None
         servers.append(server)

@@ -4,7 +4,7 @@ rows each command prints, shaped from what the operations return."""
 
 from __future__ import annotations
 
-import json
+import json as json  # `as`: re-exported, the commands use render.json
 import os
 import sys
 from collections.abc import Sequence
@@ -54,7 +54,7 @@ def _tsv_cell(value: object) -> str:
 
 
 def emit(
-    rows: Sequence[dict],
+    rows: Sequence[dict[str, Any]],
     columns: Sequence[str],
     fmt: str,
     id_column: str = "id",
@@ -83,7 +83,7 @@ def emit(
         stdout_console().print(table)
 
 
-def emit_mapping(data: dict, fmt: str) -> None:
+def emit_mapping(data: dict[str, Any], fmt: str) -> None:
     """A single object: pretty JSON for json/ndjson, ``key<TAB>value`` lines otherwise."""
     if fmt in ("json", "ndjson"):
         indent = 2 if fmt == "json" else None
@@ -111,7 +111,7 @@ def default_format(requested: str | None) -> str:
 # ---------------------------------------------------------------------- rows
 
 
-def result_row(result: StoredResult) -> dict:
+def result_row(result: StoredResult) -> dict[str, Any]:
     """One result as the row ``ls`` prints."""
     return {
         "id": result.id,
@@ -124,7 +124,7 @@ def result_row(result: StoredResult) -> dict:
     }
 
 
-def result_detail(result: StoredResult) -> dict:
+def result_detail(result: StoredResult) -> dict[str, Any]:
     """What ``get`` shows: the Celery meta, decoded, plus extended fields when stored."""
     meta = result.meta or {}
     detail = {
@@ -156,7 +156,7 @@ def jsonable(value: object) -> object:
     return repr(value)
 
 
-def inspection(found: StoredResult, session: dict | None) -> dict:
+def inspection(found: StoredResult, session: dict[str, Any] | None) -> dict[str, Any]:
     """What ``inspect`` shows: where a result lives in Consul and when it should go."""
     row = {
         "id": found.id,
@@ -194,7 +194,7 @@ def inspection(found: StoredResult, session: dict | None) -> dict:
     return row
 
 
-def session_row(session: dict) -> dict:
+def session_row(session: dict[str, Any]) -> dict[str, Any]:
     """One session as ``sessions ls``/``show`` print it."""
     return {
         "id": session["ID"],
@@ -207,7 +207,7 @@ def session_row(session: dict) -> dict:
     }
 
 
-def stats_mapping(data: dict) -> dict:
+def stats_mapping(data: dict[str, Any]) -> dict[str, Any]:
     """``stats`` with its times as ISO 8601."""
     return {**data, "oldest": iso(data["oldest"]), "newest": iso(data["newest"])}
 
@@ -246,7 +246,7 @@ WATCH_COLUMNS = ("date_done", "state", "task", "id", "result")
 STATE_STYLES = {"SUCCESS": "green", "FAILURE": "bold red", "RETRY": "yellow", "REVOKED": "red"}
 
 
-def watch_row(result: StoredResult) -> dict:
+def watch_row(result: StoredResult) -> dict[str, Any]:
     """One stored result as ``watch`` prints it: a failure's result is its exception."""
     meta = result.meta or {}
     return {
@@ -308,7 +308,7 @@ class WatchOutput:
             sys.stdout.flush()
 
     @staticmethod
-    def _line(row: dict) -> Any:
+    def _line(row: dict[str, Any]) -> Any:
         from rich.text import Text  # text, not markup: a result may contain [brackets]
 
         cells = [Text(_cell(row[c])) for c in WATCH_COLUMNS]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 DEFAULT_PORT = 8500
@@ -92,7 +93,7 @@ def _checked_token(token: str, what: str) -> str:
     return token
 
 
-def parse_address(text: str, source: str) -> dict:
+def parse_address(text: str, source: str) -> dict[str, Any]:
     """Parse Consul's address forms: ``host``, ``host:port``, ``[v6]:port``, ``http(s)://…``."""
     value = text.strip()
     scheme = None
@@ -115,7 +116,7 @@ def parse_address(text: str, source: str) -> dict:
         raise SettingsError(
             f"{source}: no host in {text!r} (expected host:port, e.g. 127.0.0.1:8500)"
         )
-    result: dict = {"host": host}
+    result: dict[str, Any] = {"host": host}
     if scheme:
         result["scheme"] = scheme
     if port is not None:
@@ -142,7 +143,7 @@ def parse_bool(value: object, source: str) -> bool:
 
 def parse_seconds(value: object, source: str) -> float:
     try:
-        seconds = float(value)
+        seconds = float(cast(Any, value))  # anything: float() is the check
     except (TypeError, ValueError):
         raise SettingsError(f"{source}: expected a number of seconds, not {value!r}") from None
     if seconds <= 0:
@@ -150,9 +151,9 @@ def parse_seconds(value: object, source: str) -> float:
     return seconds
 
 
-def from_environment(environ: Mapping[str, str]) -> dict:
+def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
     """Settings from the Consul CLI's environment variables."""
-    found: dict = {}
+    found: dict[str, Any] = {}
     if environ.get("CONSUL_HTTP_ADDR"):
         found.update(parse_address(environ["CONSUL_HTTP_ADDR"], "CONSUL_HTTP_ADDR"))
     if environ.get("CONSUL_HTTP_SSL") and parse_bool(environ["CONSUL_HTTP_SSL"], "CONSUL_HTTP_SSL"):
@@ -172,7 +173,7 @@ def from_environment(environ: Mapping[str, str]) -> dict:
     return found
 
 
-def from_url(url: str, source: str = "result_backend URL") -> dict:
+def from_url(url: str, source: str = "result_backend URL") -> dict[str, Any]:
     """Settings from ``consulresults://[TOKEN@]host[:port]/prefix?option=value``."""
     if "://" not in url:
         raise SettingsError(f"{source}: expected consulresults://host:port/prefix")
@@ -183,7 +184,7 @@ def from_url(url: str, source: str = "result_backend URL") -> dict:
             f"{source}: malformed ({exc}); expected consulresults://host:port/prefix"
         ) from None
     netloc = parts.netloc
-    found: dict = {}
+    found: dict[str, Any] = {}
     if "@" in netloc:
         credentials, _, netloc = netloc.rpartition("@")
         token = unquote(credentials.partition(":")[2] or credentials.partition(":")[0])
@@ -201,7 +202,7 @@ def from_url(url: str, source: str = "result_backend URL") -> dict:
     return found
 
 
-def coerce_option(name: str, value: object, source: str) -> dict:
+def coerce_option(name: str, value: object, source: str) -> dict[str, Any]:
     """Validate one named option from a URL query, a Celery setting or a CLI flag."""
     option = OPTIONS.get(name)
     if option is None:
@@ -225,7 +226,7 @@ def resolve(
     environ: Mapping[str, str] | None = None,
 ) -> ConsulSettings:
     """Merge default < environment < URL < explicit settings into one :class:`ConsulSettings`."""
-    merged: dict = {}
+    merged: dict[str, Any] = {}
     merged.update(from_environment(os.environ if environ is None else environ))
     if url:
         merged.update(from_url(url))
@@ -235,12 +236,12 @@ def resolve(
     return replace(ConsulSettings(), **merged)
 
 
-def _text(name: str) -> Callable[[object, str], dict]:
+def _text(name: str) -> Callable[[object, str], dict[str, Any]]:
     return lambda value, where: {name: None if value is None else str(value)}
 
 
-def _choice(name: str, choices: tuple[str, ...]) -> Callable[[object, str], dict]:
-    def parse(value: object, where: str) -> dict:
+def _choice(name: str, choices: tuple[str, ...]) -> Callable[[object, str], dict[str, Any]]:
+    def parse(value: object, where: str) -> dict[str, Any]:
         if value not in choices:
             allowed = " or ".join(choices) if len(choices) == 2 else f"one of {', '.join(choices)}"
             raise SettingsError(f"{where}: must be {allowed}, not {value!r}")
@@ -249,7 +250,7 @@ def _choice(name: str, choices: tuple[str, ...]) -> Callable[[object, str], dict
     return parse
 
 
-def _seconds(name: str) -> Callable[[object, str], dict]:
+def _seconds(name: str) -> Callable[[object, str], dict[str, Any]]:
     return lambda value, where: {name: parse_seconds(value, where)}
 
 
@@ -263,7 +264,7 @@ class Option:
     """
 
     name: str
-    parse: Callable[[object, str], dict]
+    parse: Callable[[object, str], dict[str, Any]]
     in_url: bool = True
     flag: str | None = None
     metavar: str = ""

@@ -40,6 +40,10 @@ from .options import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from rich.progress import Progress
+
     from ..operations import PurgeReport
 
 
@@ -180,9 +184,9 @@ class _progress:
 
     def __init__(self, dry_run: bool) -> None:
         self.enabled = sys.stderr.isatty() and not dry_run
-        self._progress = None
+        self._progress: Progress | None = None
 
-    def __enter__(self):
+    def __enter__(self) -> Callable[[PurgeReport], None] | None:
         if not self.enabled:
             return None
         from rich.progress import Progress, SpinnerColumn, TextColumn
@@ -197,6 +201,7 @@ class _progress:
         task = self._progress.add_task("purging…")
 
         def on_batch(report: PurgeReport) -> None:
+            assert self._progress is not None  # set above, never unset
             self._progress.update(
                 task, description=f"deleted {report.deleted}, skipped {report.skipped}"
             )

@@ -106,7 +106,7 @@ _CONNECTION: dict[str, Any] = {
 _OWN = ("app", "backend_url", "stale", "consistent")
 
 
-def consul_command(fn: Callable) -> Callable:
+def consul_command(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Add the connection flags to a command taking ``conn: Connection``, and turn Consul,
     network and configuration failures into one line and a documented exit code."""
     signature = inspect.signature(fn, eval_str=True)
@@ -208,7 +208,7 @@ def check_format(fmt: str | None) -> str:
 
 def ids_from(args: list[str]) -> list[str]:
     """Task ids from the arguments; ``-`` reads more, one per line, from standard input."""
-    ids = []
+    ids: list[str] = []
     for arg in args:
         if arg == "-":
             ids.extend(line.strip() for line in sys.stdin if line.strip())

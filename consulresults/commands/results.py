@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -30,6 +30,8 @@ from .options import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..operations import ResultOperations, StoredResult
 
 SORT_KEYS = ("key", "date", "state", "task", "size")
@@ -94,7 +96,7 @@ def _wait(ops: ResultOperations, task_id: str, timeout: float | None) -> StoredR
         ) from None
 
 
-def _print_details(rows: list[dict], field: str | None, fmt: str) -> None:
+def _print_details(rows: list[dict[str, Any]], field: str | None, fmt: str) -> None:
     """How ``get`` and ``inspect`` print: one field, a list for scripts, or a block per id."""
     if field is not None:
         for row in rows:
@@ -168,7 +170,7 @@ def ls(
     raise typer.Exit(EXIT_NOT_FOUND if detailed_exitcode and not matched else EXIT_OK)
 
 
-def _sort_key(name: str):
+def _sort_key(name: str) -> Callable[[StoredResult], tuple[Any, ...]]:
     """A comparable key per result; the Consul key breaks ties so rows never compare."""
     return {
         "key": lambda r: (r.key,),
@@ -183,7 +185,7 @@ def _sort_key(name: str):
 def stats(
     conn: Connection,
     all_prefixes: AllPrefixesOption = False,
-    output: output_option(
+    output: output_option(  # type: ignore[valid-type]  # a call: Typer evaluates it
         "table (default on a terminal), json, ndjson, tsv (default when piped), or "
         "prometheus (text format, for node_exporter's textfile collector)."
     ) = None,
@@ -216,7 +218,7 @@ def watch(
         ),
     ] = 1.0,
     all_prefixes: AllPrefixesOption = False,
-    output: output_option(
+    output: output_option(  # type: ignore[valid-type]  # a call: Typer evaluates it
         "table (a live view, default on a terminal), tsv (default when piped), ndjson or ids."
     ) = None,
 ) -> None:

@@ -4,28 +4,33 @@ and every other option and argument already names what it takes (``SECONDS``, ``
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
+if TYPE_CHECKING:
+    from typer.models import CommandFunctionType
 
-def _without_type_labels(params: list) -> list:
+
+def _without_type_labels(params: list[Any]) -> list[Any]:
     for param in params:
         if getattr(param, "is_flag", False) and param.metavar is None:
             param.metavar = ""  # Typer shows the metavar, when one is set, instead of <bool>
         elif isinstance(param, TyperArgument) and param.metavar:
-            param.display_type_rich = lambda ctx: None
+            # an instance attribute on purpose: only this parameter's type label goes
+            param.display_type_rich = lambda ctx: None  # type: ignore[method-assign]
     return params
 
 
 class _Command(TyperCommand):
-    def get_params(self, ctx: Any) -> list:
+    def get_params(self, ctx: Any) -> list[Any]:
         return _without_type_labels(super().get_params(ctx))
 
 
 class _Group(TyperGroup):
-    def get_params(self, ctx: Any) -> list:
+    def get_params(self, ctx: Any) -> list[Any]:
         return _without_type_labels(super().get_params(ctx))
 
 
@@ -35,6 +40,8 @@ class App(typer.Typer):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(cls=_Group, **kwargs)
 
-    def command(self, *args: Any, **kwargs: Any) -> Any:
+    def command(
+        self, *args: Any, **kwargs: Any
+    ) -> Callable[[CommandFunctionType], CommandFunctionType]:
         kwargs.setdefault("cls", _Command)
         return super().command(*args, **kwargs)

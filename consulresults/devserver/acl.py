@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 _RESOURCES = ("key", "session", "agent")
 _POLICIES = ("read", "write", "list", "deny")
@@ -73,7 +74,7 @@ class Token:
             self.accessor_id = str(uuid.uuid5(uuid.NAMESPACE_URL, "consul-results:" + self.secret))
 
 
-def parse_rules(document: str | dict) -> dict[str, ResourceRules]:
+def parse_rules(document: str | dict[str, Any]) -> dict[str, ResourceRules]:
     """Parse Consul's JSON rule form into per-resource rules."""
     try:
         data = json.loads(document) if isinstance(document, str) else document
@@ -168,7 +169,7 @@ class AclConfig:
         enabled: bool = False,
         default_policy: str = "allow",
         management_token: str | None = None,
-        tokens: dict[str, str | dict] | None = None,
+        tokens: dict[str, str | dict[str, Any]] | None = None,
         default_token: str | None = None,
     ) -> None:
         if default_policy not in ("allow", "deny"):

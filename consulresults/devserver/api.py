@@ -17,16 +17,17 @@ import struct
 import threading
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from aiohttp import web
 
 from .acl import AclConfig, AclNotFound, Authorizer, PermissionDenied
 from .faults import FaultInjector, FaultRule
-from .store import Entry, Store, StoreError, TxnOp
+from .store import Entry, Session, Store, StoreError, TxnOp
 from .wire import (
     ApiError,
     QueryOptions,
@@ -55,6 +56,7 @@ _KV_FIELDS = {
     for f in ("Verb", "Key", "Value", "Flags", "Index", "Session", "Namespace", "Partition")
 }
 _TXN_KINDS = {"kv": "KV", "node": "Node", "service": "Service", "check": "Check"}
+_R = TypeVar("_R")
 
 
 @dataclass
@@ -112,7 +114,7 @@ class Call:
     secret: str | None
 
     @property
-    def query(self):
+    def query(self) -> Mapping[str, str]:
         return self.request.query
 
 
@@ -139,7 +141,7 @@ class ConsulApi:
         self.faults = faults
         self.counters = counters
         self._changed = asyncio.Event()
-        self._seen_transports: weakref.WeakSet = weakref.WeakSet()
+        self._seen_transports: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
         store.on_change = self._notify
 
     def make_app(self) -> web.Application:
@@ -250,7 +252,9 @@ class ConsulApi:
             headers["X-Consul-Results-Filtered-By-Acls"] = "true"
         return headers
 
-    async def _blocking(self, call: Call, query: Callable[[], tuple[object, int, bool]]):
+    async def _blocking(
+        self, call: Call, query: Callable[[], tuple[_R, int, bool]]
+    ) -> tuple[_R, int, bool]:
         """Run ``query`` as a Consul blocking query; returns its last (result, index, found).
 
         Returns when the index passes the client's, or at the wait time. A result that is "not
@@ -316,7 +320,7 @@ class ConsulApi:
             raise ApiError(400, "Missing key name")
         call.authz.require(call.authz.key_read(key), "key:read", key)
 
-        def read():
+        def read() -> tuple[Entry | None, int, bool]:
             entry, index = self.store.kv_get(key)
             return entry, index, entry is not None
 
@@ -337,7 +341,7 @@ class ConsulApi:
         return visible, index, len(visible) != len(entries)
 
     async def _kv_recurse(self, call: Call, prefix: str) -> web.StreamResponse:
-        def read():
+        def read() -> tuple[tuple[list[Entry], bool], int, bool]:
             visible, index, filtered = self._readable(call, prefix)
             return (visible, filtered), index, True
 
@@ -348,7 +352,7 @@ class ConsulApi:
         return json_response([entry_json(e) for e in entries], call.options.pretty, headers=headers)
 
     async def _kv_keys(self, call: Call, prefix: str, separator: str | None) -> web.StreamResponse:
-        def read():
+        def read() -> tuple[tuple[list[Entry], bool], int, bool]:
             visible, index, filtered = self._readable(call, prefix)
             return (visible, filtered), index, True
 
@@ -425,7 +429,7 @@ class ConsulApi:
         if errors:
             return _txn_failure(errors)
         visible = [{"KV": entry_json(e)} for e in results if call.authz.key_read(e.key)]
-        body_json: dict = {"Results": visible, "Errors": None}
+        body_json: dict[str, Any] = {"Results": visible, "Errors": None}
         headers = None
         if self.store.txn_is_read_only(ops):
             body_json.update(
@@ -461,7 +465,7 @@ class ConsulApi:
             )
         return [self._decode_op(raw) for raw in raw_ops]
 
-    def _decode_op(self, raw: dict) -> TxnOp:
+    def _decode_op(self, raw: dict[str, Any]) -> TxnOp:
         kinds = {}
         for name, value in raw.items():
             kind = _TXN_KINDS.get(name.lower())
@@ -551,8 +555,10 @@ class ConsulApi:
         self.store.session_renew(session.id)
         return json_response([session_json(session)], call.options.pretty)
 
-    async def _session_read(self, call: Call, select: Callable[[], list]) -> web.StreamResponse:
-        def read():
+    async def _session_read(
+        self, call: Call, select: Callable[[], list[Session]]
+    ) -> web.StreamResponse:
+        def read() -> tuple[list[Session], int, bool]:
             sessions = select()
             return sessions, self.store.session_index, bool(sessions)
 
@@ -590,7 +596,7 @@ class ConsulApi:
         call.authz.require(call.authz.agent_read(node), "agent:read", node)
         return json_response(self._agent_self_body(), call.options.pretty)
 
-    def _agent_self_body(self) -> dict:
+    def _agent_self_body(self) -> dict[str, Any]:
         cfg = self.config
         host, _, port = cfg.leader_addr.rpartition(":")
         return {

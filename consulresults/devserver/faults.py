@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import threading
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 FAULT_KINDS = ("error", "latency", "reset")
 
@@ -71,7 +72,7 @@ class FaultInjector:
         with self._lock:
             self._rules.clear()
 
-    def rules(self) -> list[dict]:
+    def rules(self) -> list[dict[str, Any]]:
         with self._lock:
             return [asdict(r) for r in self._rules]
 

@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .acl import AclConfig
 from .durations import parse_go_duration
@@ -117,7 +118,7 @@ def _make_data_dir(data_dir: Path | None) -> None:
         raise OptionError(f"cannot use --data-dir {data_dir}: {exc.strerror}") from None
 
 
-def _tokens(tokens_file: Path | None, items: list[str]) -> dict[str, str | dict]:
+def _tokens(tokens_file: Path | None, items: list[str]) -> dict[str, str | dict[str, Any]]:
     """Secrets and their rules: the file's first, then the items (which win on a clash)."""
     tokens = {} if tokens_file is None else _read_tokens_file(tokens_file)
     for item in items:
@@ -128,7 +129,7 @@ def _tokens(tokens_file: Path | None, items: list[str]) -> dict[str, str | dict]
     return tokens
 
 
-def _read_tokens_file(path: Path) -> dict[str, str | dict]:
+def _read_tokens_file(path: Path) -> dict[str, str | dict[str, Any]]:
     try:
         tokens = json.loads(path.read_text())
     except (ValueError, OSError) as exc:  # json.JSONDecodeError is a ValueError
@@ -141,7 +142,7 @@ def _read_tokens_file(path: Path) -> dict[str, str | dict]:
     return tokens
 
 
-def _acl(options: DevServerOptions, tokens: dict[str, str | dict]) -> AclConfig:
+def _acl(options: DevServerOptions, tokens: dict[str, str | dict[str, Any]]) -> AclConfig:
     """Any ACL option turns ACLs on; the default policy then defaults to allow, like Consul."""
     return AclConfig(
         enabled=bool(options.acl_default_policy or options.acl_management_token or tokens),

@@ -13,6 +13,7 @@ import json
 import os
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any, TextIO
 
 from .store import Changes, Store, Tables, entry_to_record, session_to_record
 
@@ -23,10 +24,10 @@ JOURNAL = "journal.jsonl"
 class DataDir:
     """Loads a store from a directory and keeps the directory in step with the store."""
 
-    def __init__(self, path: str | os.PathLike, compact_after: int = 50_000) -> None:
+    def __init__(self, path: str | os.PathLike[str], compact_after: int = 50_000) -> None:
         self.path = Path(path)
         self.compact_after = compact_after
-        self._journal = None
+        self._journal: TextIO | None = None
         self._lines = 0
         self._store: Store | None = None
 
@@ -40,7 +41,7 @@ class DataDir:
         self._write_snapshot()
         store.on_commit = self.record
 
-    def _read_journal(self) -> list[dict]:
+    def _read_journal(self) -> list[dict[str, Any]]:
         """Journal lines in order; a torn last line (killed mid-write) is ignored."""
         journal_file = self.path / JOURNAL
         if not journal_file.exists():
@@ -69,6 +70,7 @@ class DataDir:
             },
             separators=(",", ":"),
         )
+        assert self._journal is not None  # open() made it before setting on_commit
         self._journal.write(line + "\n")
         self._journal.flush()
         self._lines += 1
@@ -78,6 +80,7 @@ class DataDir:
     def _write_snapshot(self) -> None:
         """Write the whole state atomically (temp file + rename), then start an empty journal."""
         tmp = self.path / (SNAPSHOT + ".tmp")
+        assert self._store is not None  # set by open() before any snapshot is written
         tmp.write_text(json.dumps(self._store.snapshot(), separators=(",", ":")))
         os.replace(tmp, self.path / SNAPSHOT)
         if self._journal is not None:

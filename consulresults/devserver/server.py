@@ -16,6 +16,7 @@ import threading
 import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -48,7 +49,7 @@ class DevServer:
         session_ttl_min: str = "10s",
         session_ttl_multiplier: float = 2.0,
         tombstone_ttl: str = "15m",
-        data_dir: str | os.PathLike | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
         tls_cert: str | None = None,
         tls_key: str | None = None,
         tls_ca: str | None = None,
@@ -79,7 +80,7 @@ class DevServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
-        self._ticker: asyncio.Task | None = None
+        self._ticker: asyncio.Task[None] | None = None
         self._data: DataDir | None = None
         self.store: Store | None = None
 
@@ -143,6 +144,7 @@ class DevServer:
     async def _tick(self) -> None:
         """Expire sessions whose TTL ran out, and reap old tombstones now and then."""
         since_reap = 0.0
+        assert self.store is not None  # start_async() made it before starting this task
         while True:
             await asyncio.sleep(TICK_SECONDS)
             self.store.expire_sessions()
@@ -193,10 +195,11 @@ class DevServer:
     def call(self, fn: Callable[[], object]) -> object:
         """Run ``fn`` on the server's loop (the store is not thread-safe) and return its result."""
 
-        async def wrapper():
+        async def wrapper() -> object:
             return fn()
 
-        return asyncio.run_coroutine_threadsafe(wrapper(), self._loop).result(timeout=10)
+        loop = cast(asyncio.AbstractEventLoop, self._loop)  # set by start()
+        return asyncio.run_coroutine_threadsafe(wrapper(), loop).result(timeout=10)
 
     # ------------------------------------------------------------------ test helpers
 
@@ -210,7 +213,7 @@ class DevServer:
 
     def set_node_health(self, healthy: bool) -> None:
         """Turn the node's serfHealth check critical (invalidating sessions that watch it)."""
-        self.call(lambda: self.store.set_node_health(healthy))
+        self.call(lambda: cast(Store, self.store).set_node_health(healthy))  # set by start()
 
 
 async def serve_forever(server: DevServer, announce: Callable[[str], None]) -> None:
@@ -278,8 +281,8 @@ class RemoteFaults(FaultInjector):
     def clear(self) -> None:
         self._control.request("DELETE", "/_dev/faults")
 
-    def rules(self) -> list[dict]:
-        return self._control.request("GET", "/_dev/faults")["rules"]
+    def rules(self) -> list[dict[str, Any]]:
+        return cast("list[dict[str, Any]]", self._control.request("GET", "/_dev/faults")["rules"])
 
 
 class ControlClient:
@@ -289,7 +292,7 @@ class ControlClient:
         self.url = url
         self.ssl_context = ssl_context
 
-    def request(self, method: str, path: str, body: object = None) -> object:
+    def request(self, method: str, path: str, body: object = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method)
         with urllib.request.urlopen(req, timeout=10, context=self.ssl_context) as resp:
@@ -307,7 +310,7 @@ class DevServerProcess:
         self.args = list(args)
         self.port = port
         self.host = "127.0.0.1"
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen[str] | None = None
         self.url = ""
 
     def start(self) -> DevServerProcess:
@@ -324,6 +327,7 @@ class DevServerProcess:
         ]
         self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives with the process
         self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._stderr, text=True)
+        assert self.process.stdout is not None  # stdout=PIPE
         line = self.process.stdout.readline()
         if not line:
             self.process.wait()
@@ -346,7 +350,7 @@ class DevServerProcess:
         return RemoteFaults(self.control)
 
     def counters(self) -> dict[str, int]:
-        return self.control.request("GET", "/_dev/counters")
+        return cast("dict[str, int]", self.control.request("GET", "/_dev/counters"))
 
     def reset_counters(self) -> None:
         self.control.request("DELETE", "/_dev/counters")
@@ -356,8 +360,9 @@ class DevServerProcess:
 
     def kill(self) -> None:
         """SIGKILL: no snapshot, no goodbye — what a crash or OOM kill does."""
-        self.process.kill()
-        self.process.wait()
+        process = cast("subprocess.Popen[str]", self.process)  # set by start()
+        process.kill()
+        process.wait()
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any, TypeGuard, cast
 
 from .durations import DurationError, format_go_duration, parse_go_duration
 
@@ -46,7 +47,7 @@ class Entry:
     create_index: int = 0
     modify_index: int = 0
 
-    def same_content(self, other: Entry | None) -> bool:
+    def same_content(self, other: Entry | None) -> TypeGuard[Entry]:
         """Consul skips writes whose result equals the stored entry (no new ModifyIndex)."""
         return other is not None and (self.value, self.flags, self.session, self.lock_index) == (
             other.value,
@@ -67,7 +68,7 @@ class Session:
     behavior: str = "release"
     ttl: str = ""
     node_checks: list[str] = field(default_factory=lambda: [SERF_HEALTH])
-    service_checks: list[dict] | None = None
+    service_checks: list[dict[str, Any]] | None = None
     checks: list[str] | None = None
     create_index: int = 0
     modify_index: int = 0
@@ -202,6 +203,7 @@ class Store:
         if entry is None:
             self._add_tombstone(key, idx)
         self.tables.kvs = idx
+        assert self._undo is not None and self._changes is not None  # in a _transaction
         self._undo.append(lambda: self._put_entry(key, old))
         self._changes.entries[key] = entry
 
@@ -222,6 +224,7 @@ class Store:
         old = self.tombstones.get(key)
         self._put_tombstone(key, (idx, self.clock()))
         self.tables.tombstones = idx
+        assert self._undo is not None and self._changes is not None  # in a _transaction
         self._undo.append(lambda: self._put_tombstone(key, old))
         self._changes.tombstones[key] = idx
 
@@ -240,6 +243,7 @@ class Store:
         else:
             self.sessions[session_id] = session
         self.tables.sessions = idx
+        assert self._undo is not None and self._changes is not None  # in a _transaction
         self._undo.append(lambda: self._restore_session(session_id, old))
         self._changes.sessions[session_id] = session
 
@@ -371,7 +375,11 @@ class Store:
         for key in doomed:
             old = self.entries[key]
             self._put_entry(key, None)
-            self._undo.append(lambda k=key, e=old: self._put_entry(k, e))
+            assert self._undo is not None and self._changes is not None  # in a _transaction
+            # cast: mypy cannot infer the type of a lambda with default arguments
+            self._undo.append(
+                cast("Callable[[], None]", lambda k=key, e=old: self._put_entry(k, e))
+            )
             self._changes.entries[key] = None
         if doomed:
             self.tables.kvs = idx
@@ -435,7 +443,7 @@ class Store:
     def _op_cas(self, op: TxnOp, idx: int, results: list[Entry]) -> str | None:
         if not self._cas_matches(op.key, op.index):
             return f'failed to set key "{op.key}", index is stale'
-        return self._op_set(op, idx, results)
+        return self._op_set(op, idx, results)  # type: ignore[func-returns-value]  # None: no error
 
     def _op_lock(self, op: TxnOp, idx: int, results: list[Entry]) -> str | None:
         if not self._lock(op.key, op.value, op.flags, op.session, idx):
@@ -512,7 +520,7 @@ class Store:
 
     # ------------------------------------------------------------------ sessions
 
-    def session_create(self, spec: dict) -> str:
+    def session_create(self, spec: dict[str, Any]) -> str:
         """Create a session from a decoded request body (field names already lower-cased)."""
         session = self._session_from_spec(spec)
         with self._transaction() as idx:
@@ -522,7 +530,7 @@ class Store:
             self._arm(session)
         return session.id
 
-    def _session_from_spec(self, spec: dict) -> Session:
+    def _session_from_spec(self, spec: dict[str, Any]) -> Session:
         node_checks = spec.get("nodechecks", [SERF_HEALTH])
         checks = spec.get("checks", [SERF_HEALTH])
         node_checks_sent = "nodechecks" in spec
@@ -563,6 +571,7 @@ class Store:
         return ns
 
     def _validate_session_checks(self, session: Session) -> None:
+        check: object  # a check's name (str), then a service check (dict)
         if session.node.lower() != self.node_name.lower():
             raise StoreError(500, "apply failed: Missing node registration")
         for check in [*session.node_checks, *(session.checks or [])]:
@@ -652,7 +661,7 @@ class Store:
 
     # ------------------------------------------------------------------ persistence support
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, Any]:
         """A JSON-ready dump of the whole state (for --data-dir)."""
         return {
             "tables": asdict(self.tables),
@@ -661,7 +670,7 @@ class Store:
             "tombstones": {k: i for k, (i, _) in self.tombstones.items()},
         }
 
-    def load(self, snapshot: dict | None, journal: list[dict]) -> None:
+    def load(self, snapshot: dict[str, Any] | None, journal: list[dict[str, Any]]) -> None:
         """Restore from a snapshot and replay journal records written after it."""
         if snapshot:
             self.tables = Tables(**snapshot["tables"])
@@ -684,7 +693,7 @@ class Store:
                 self._load_tombstone(key, idx)
         self.rearm_all()
 
-    def _load_entry(self, key: str, record: dict | None) -> None:
+    def _load_entry(self, key: str, record: dict[str, Any] | None) -> None:
         self._put_entry(key, None if record is None else entry_from_record(record))
 
     def _load_tombstone(self, key: str, idx: int) -> None:
@@ -730,7 +739,7 @@ def _lock_delay_ns(raw: object) -> int:
     return ns * 1_000_000_000 if 0 < ns < 1000 else ns
 
 
-def entry_to_record(entry: Entry) -> dict:
+def entry_to_record(entry: Entry) -> dict[str, Any]:
     """Persisted form of an entry; the value as latin-1 text keeps bytes exact in JSON."""
     return {
         "Key": entry.key,
@@ -743,7 +752,7 @@ def entry_to_record(entry: Entry) -> dict:
     }
 
 
-def entry_from_record(record: dict) -> Entry:
+def entry_from_record(record: dict[str, Any]) -> Entry:
     value = record["Value"]
     return Entry(
         record["Key"],
@@ -756,11 +765,11 @@ def entry_from_record(record: dict) -> Entry:
     )
 
 
-def session_to_record(session: Session) -> dict:
+def session_to_record(session: Session) -> dict[str, Any]:
     record = asdict(session)
     record.pop("expires_at")
     return record
 
 
-def session_from_record(record: dict) -> Session:
+def session_from_record(record: dict[str, Any]) -> Session:
     return Session(**record)

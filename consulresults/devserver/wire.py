@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote_plus, urlencode
 
 from aiohttp import web
@@ -58,9 +60,9 @@ def text_response(status: int, text: str, headers: dict[str, str] | None = None)
     return response
 
 
-def entry_json(entry: Entry) -> dict:
+def entry_json(entry: Entry) -> dict[str, Any]:
     """A KV entry in CE field order; Value is std base64 or null; Session only when held."""
-    data: dict = {
+    data: dict[str, Any] = {
         "LockIndex": entry.lock_index,
         "Key": entry.key,
         "Flags": entry.flags,
@@ -73,8 +75,8 @@ def entry_json(entry: Entry) -> dict:
     return data
 
 
-def session_json(session: Session) -> dict:
-    data: dict = {
+def session_json(session: Session) -> dict[str, Any]:
+    data: dict[str, Any] = {
         "ID": session.id,
         "Name": session.name,
         "Node": session.node,
@@ -110,7 +112,7 @@ class QueryOptions:
     pretty: bool = False
 
 
-def parse_query_options(query, datacenter: str) -> QueryOptions:
+def parse_query_options(query: Mapping[str, str], datacenter: str) -> QueryOptions:
     """Validate dc/ns/partition, consistency flags, ``wait`` and ``index`` as Consul does."""
     for name in ("ns", "partition"):
         if name in query:
@@ -160,7 +162,7 @@ def request_secret(request: web.Request) -> str | None:
     return None
 
 
-def conflicting_flags(query) -> ApiError:
+def conflicting_flags(query: Mapping[str, str]) -> ApiError:
     """Consul echoes the query re-encoded with sorted keys, as Go's url.Values.Encode does."""
     items = sorted(query.items(), key=lambda kv: kv[0])
     return ApiError(400, "Conflicting flags: " + urlencode(items, quote_via=quote_plus))
