@@ -28,20 +28,25 @@ import consul
 from celery import states
 from celery.backends.base import KeyValueStoreBackend
 from celery.exceptions import BackendStoreError, ImproperlyConfigured, TimeoutError
+from celery.signals import worker_process_shutdown
 from celery.utils.log import get_logger
 from celery.utils.time import get_exponential_backoff_interval
 from kombu.utils.encoding import bytes_to_str, str_to_bytes
+from kombu.utils.objects import cached_property
 
 from .celery_chords import ChordMixin
 from .chords import ChordStore
 from .connection import ConsulClient, connect, is_transient
-from .expiry import MIN_TTL, ExpiryPlan
+from .expiry import MIN_TTL, ExpiryPlan, renew_pending
 from .kv import KVStore, ValueTooLarge, WriteConflict
 from .operations import ALL_KINDS, BLOCK_SECONDS, ResultFilter, ResultOperations
 from .retry import RetryPolicy
 from .settings import OPTIONS, ConsulSettings, SettingsError, resolve
 
 logger = get_logger(__name__)
+worker_process_shutdown.connect(
+    lambda **_: renew_pending(), weak=False, dispatch_uid="consulresults.renew_pending"
+)
 _T = TypeVar("_T")
 
 
@@ -91,7 +96,7 @@ class ConsulBackend(ChordMixin, KeyValueStoreBackend):
         )
         self.expiry = self._plan(self.expires)
         self._wait_policy = self._retry_policy()
-        for setting, plan in self._expiry_plans().items():
+        for setting, plan in self._expiry_plans.items():
             if not plan.removed_by_consul:
                 _warn_nothing_removes(setting, plan)
                 break
@@ -111,12 +116,17 @@ class ConsulBackend(ChordMixin, KeyValueStoreBackend):
         """True when Consul removes every result by itself (Celery's default of one day
         included); False, for expiries over Consul's 24 h session TTL, makes celery beat
         schedule ``celery.backend_cleanup``, which removes results whose expiry has passed."""
-        return all(plan.removed_by_consul for plan in self._expiry_plans().values())
+        return all(plan.removed_by_consul for plan in self._expiry_plans.values())
 
+    @cached_property
     def _expiry_plans(self) -> dict[str, ExpiryPlan]:
-        """The plan of each expiry setting in force (failures may expire differently)."""
-        failures = self._plan_for_state(states.FAILURE)
-        return {"result_expires": self.expiry, "result_failure_expires": failures}
+        """The plan of each expiry setting in force (failures and chords may expire
+        differently); made once, so that a setting's warning is given once."""
+        return {
+            "result_expires": self.expiry,
+            "result_failure_expires": self._plan_for_state(states.FAILURE),
+            "result_chord_expires": self._plan(self.chord_expires),
+        }
 
     @property
     def consistency(self) -> str:

@@ -26,6 +26,7 @@ from kombu.utils.encoding import str_to_bytes
 from kombu.utils.objects import cached_property
 
 from .chords import ChordUnknown
+from .connection import ConsulError
 
 logger = get_logger(__name__)
 JOIN_BOUND = 3.0  # Celery's default result_chord_join_timeout
@@ -33,7 +34,7 @@ JOIN_BOUND = 3.0  # Celery's default result_chord_join_timeout
 
 class ChordMixin(KeyValueStoreBackend):
     """Chords for :class:`consulresults.backend.ConsulBackend` (which provides ``chords``,
-    ``_plan``, ``_write``, ``_update`` and ``_key``)."""
+    ``_plan``, ``_write``, ``_update``, ``_key`` and ``_retrying``)."""
 
     @cached_property
     def _waits(self) -> threading.local:
@@ -55,10 +56,13 @@ class ChordMixin(KeyValueStoreBackend):
     ) -> None:
         """Celery calls this as ``apply_chord`` (its key/value base binds it when
         ``implements_incr``), before the header is sent: save the header's GroupResult, as
-        Celery does, and record which task ids make up the header."""
+        Celery does, and record which task ids make up the header. The GroupResult is a store
+        like a task's: under ``result_backend_always_retry`` a transient failure is retried
+        (Celery itself wraps only ``store_result``)."""
         self.ensure_chords_allowed()
         header = self.app.GroupResult(*header_result_args)
-        self._write(
+        self._retrying(
+            self._write,
             self._key(self.get_key_for_group(header.id)),
             self.encode({"result": header.as_tuple()}),
             self._plan(self._kept_while_chord_runs()),
@@ -105,9 +109,12 @@ class ChordMixin(KeyValueStoreBackend):
         except ChordUnknown:
             self._legacy_part_return(request, state, result, **kwargs)
             return
-        except Exception as exc:
-            # Consul refused the part, or stayed unreachable past chords.PATIENCE: the header
-            # can never complete, so the body fails now instead of its caller waiting forever.
+        except ConsulError as exc:
+            if exc.transient:
+                # unreachable past chords.PATIENCE: the part may have landed, and another part
+                # may yet complete the header, so raise (as Celery's Redis backend does)
+                raise
+            # refused: the header can never complete, so the body fails now, not never
             self._fail_body(group_id, callback, ChordError(f"Part {task_id} not recorded: {exc!r}"))
             return
         if fire:

@@ -14,6 +14,7 @@ import json
 import os
 import ssl
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -310,10 +311,19 @@ class Transport(consul.base.HTTPClient):
         return TxnAnswer(None, errors)
 
 
-class ConsulClient(consul.Consul):
-    """python-consul2's API (``kv``, ``session``, ``txn``, ``status``, ``agent``) on our transport.
+ENDPOINTS = {
+    "acl": "ACL", "agent": "Agent", "catalog": "Catalog", "config": "Config",
+    "connect": "Connect", "coordinate": "Coordinate", "discovery_chain": "DiscoveryChain",
+    "event": "Event", "health": "Health", "kv": "KV", "operator": "Operator", "query": "Query",
+    "session": "Session", "snapshot": "Snapshot", "status": "Status", "txn": "Txn",
+}  # fmt: skip
 
-    The base constructor is not called on purpose: it reads ``CONSUL_HTTP_ADDR`` and
+
+class ConsulClient(consul.Consul):
+    """python-consul2's whole API (``kv``, ``session``, ``catalog``, ``health``...) on our
+    transport, as its own constructor would build it.
+
+    That constructor is not called on purpose: it reads ``CONSUL_HTTP_ADDR`` and
     ``CONSUL_HTTP_TOKEN`` and lets them override explicit arguments.
     """
 
@@ -323,11 +333,10 @@ class ConsulClient(consul.Consul):
         self.scheme = transport.scheme
         self.dc = None  # the transport adds ``dc`` to every request
         self.consistency = transport.consistency
-        self.kv = consul.base.Consul.KV(self)
-        self.session = consul.base.Consul.Session(self)
-        self.txn = consul.base.Consul.Txn(self)
-        self.status = consul.base.Consul.Status(self)
-        self.agent = consul.base.Consul.Agent(self)
+        with warnings.catch_warnings():  # "legacy ACL", "1.6.0+": warned at construction
+            warnings.simplefilter("ignore", DeprecationWarning)
+            for name, endpoint in ENDPOINTS.items():
+                setattr(self, name, getattr(consul.base.Consul, endpoint)(self))
 
 
 def connect(settings: ConsulSettings) -> Transport:

@@ -18,10 +18,12 @@ no session; their time is recorded in the key's ``Flags`` and enforced by a clea
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import math
 import os
+import re
 import socket
 import threading
 import time
@@ -34,9 +36,12 @@ from .retry import RetryPolicy
 MAX_TTL = 86_400
 MIN_TTL = 10
 MAX_WINDOW = 300.0
+MIN_WINDOW = 60.0  # below this, a new session a minute: renew one instead
 RENEW_PATIENCE = 3600.0  # a renewal due now still has most of a (>= 24 h) TTL to land
+EXIT_TIMEOUT = 2.0  # a process on its way out tries once, briefly
 
 logger = logging.getLogger(__name__)
+_UNTIL = re.compile(r" until=(\d+) ")
 
 
 @dataclass(frozen=True)
@@ -52,8 +57,9 @@ class ExpiryPlan:
     @classmethod
     def for_expires(cls, expires: float | None, window: float | None = None) -> ExpiryPlan:
         """Sessions live TTL >= expires + window, so every result written during the window lives
-        at least ``expires``; past Consul's 24 h cap the TTL is ``expires`` and the session is
-        renewed when its window closes; past the cap itself, no session is used."""
+        at least ``expires`` (the window shrinks to fit Consul's 24 h cap). Where not even
+        ``MIN_WINDOW`` fits, the TTL is ``expires`` and the session is renewed when its window
+        (at most ``MAX_WINDOW``) closes; past the cap itself, no session is used."""
         if not expires:
             return cls(None, None, 0.0)
         if window is None:
@@ -61,9 +67,11 @@ class ExpiryPlan:
         ttl = max(MIN_TTL, math.ceil(expires))
         if ttl > MAX_TTL:
             return cls(expires, None, 0.0)
-        if expires + window <= MAX_TTL:
+        room = MAX_TTL - expires
+        if room >= min(window, MIN_WINDOW):
+            window = min(window, room)
             return cls(expires, max(MIN_TTL, math.ceil(expires + window)), window)
-        return cls(expires, ttl, window, renewed=True)
+        return cls(expires, ttl, min(window, MAX_WINDOW), renewed=True)
 
     def flags(self) -> int:
         """Unix time after which the result may be removed (0: never)."""
@@ -98,15 +106,26 @@ class ExpiryPlan:
         )
 
 
-def session_name(prefix: str) -> str:
-    """``consul-results:<host>:<pid> prefix="<prefix>"``: the (JSON-quoted) prefix in the name
-    lets ``sessions gc`` and ``rm`` tell our sessions for one prefix from another's."""
-    return f"consul-results:{socket.gethostname()}:{os.getpid()} prefix={json.dumps(prefix)}"
+def session_name(prefix: str, until: float = 0.0) -> str:
+    """``consul-results:<host>:<pid> until=<unix time> prefix="<prefix>"``: the (JSON-quoted)
+    prefix lets ``sessions gc`` and ``rm`` tell our sessions for one prefix from another's, and
+    ``until`` says when the writing process stops handing the session out (its window, plus
+    time for a write sent at its end), so that a session holding nothing *yet* is not taken
+    for an idle one."""
+    host = f"consul-results:{socket.gethostname()}:{os.getpid()}"
+    return f"{host} until={math.ceil(until)} prefix={json.dumps(prefix)}"
 
 
 def made_for(name: str, prefix: str) -> bool:
     """Whether a session name is one of ours for ``prefix`` (any host, any process)."""
     return name.startswith("consul-results:") and name.endswith(f" prefix={json.dumps(prefix)}")
+
+
+def in_use(name: str, now: float) -> bool:
+    """Whether one of our sessions may still be handed out to writers (names from releases
+    before ``until`` existed: no)."""
+    found = _UNTIL.search(name)
+    return found is not None and int(found.group(1)) > now
 
 
 def create_session(transport: Transport, name: str, ttl: int) -> str:
@@ -135,25 +154,35 @@ class SessionPool:
             now = time.monotonic()
             if found and found[2] == os.getpid() and now - found[1] < plan.window:
                 return found[0]
-            name = session_name(self.prefix)
+            # a write sent at the window's end may take a connect and a read timeout to land
+            landed = plan.window + 2 * self._transport.timeout
+            name = session_name(self.prefix, until=time.time() + landed)
             session_id = create_session(self._transport, name, plan.session_ttl)
             self._sessions[kind] = (session_id, now, os.getpid())
         if plan.renewed:
-            # after the window, and after a write sent at its very end has had time to land
-            self._renew_later(session_id, plan.window + self._transport.timeout)
+            self._renew_later(session_id, plan.window + 2 * self._transport.timeout)
         return session_id
 
     def _renew_later(self, session_id: str, delay: float) -> None:
-        timer = threading.Timer(delay, self._renew, (session_id,))
+        timer = threading.Timer(delay, self._renew_due, (session_id,))
         timer.daemon = True
+        with _pending_lock:
+            _pending[session_id] = (os.getpid(), timer, self)
         timer.start()
 
-    def _renew(self, session_id: str) -> None:
+    def _renew_due(self, session_id: str) -> None:
+        with _pending_lock:
+            _pending.pop(session_id, None)
+        self._renew(session_id)
+
+    def _renew(
+        self, session_id: str, patience: float = RENEW_PATIENCE, timeout: float | None = None
+    ) -> None:
         """Renew once; an outage is retried (the TTL leaves hours for it), a failure logged."""
-        policy = RetryPolicy(is_transient, lambda n: min(60.0, 2.0**n), patience=RENEW_PATIENCE)
+        policy = RetryPolicy(is_transient, lambda n: min(60.0, 2.0**n), patience=patience)
         path = f"/v1/session/renew/{session_id}"
         try:
-            policy.call(lambda: self._transport.request("PUT", path))
+            policy.call(lambda: self._transport.request("PUT", path, timeout=timeout))
         except Exception as exc:
             logger.warning(
                 "could not renew session %s (%s): results written under it may be removed up "
@@ -170,3 +199,24 @@ class SessionPool:
             for kind, found in list(self._sessions.items()):
                 if found[0] == session_id:
                     del self._sessions[kind]
+
+
+_pending_lock = threading.Lock()
+_pending: dict[str, tuple[int, threading.Timer, SessionPool]] = {}
+
+
+def renew_pending() -> None:
+    """Renew now every session this process was to renew when its window closes. A process
+    that stops writes nothing more, so renewing early keeps the promise (what it wrote lives a
+    TTL from now), where the timer would die with the process. Runs at exit, and on Celery's
+    ``worker_process_shutdown`` (prefork children leave without running ``atexit``)."""
+    with _pending_lock:
+        mine = [(sid, entry) for sid, entry in _pending.items() if entry[0] == os.getpid()]
+        for sid, _ in mine:
+            del _pending[sid]
+    for sid, (_, timer, pool) in mine:
+        timer.cancel()
+        pool._renew(sid, patience=0.0, timeout=EXIT_TIMEOUT)
+
+
+atexit.register(renew_pending)

@@ -9,6 +9,7 @@ if it accepts it) and use its ``consulresults_*`` settings and ``result_expires`
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +21,7 @@ from .settings import SettingsError, resolve
 
 DEFAULT_URL = "consulresults://"
 CELERY_DEFAULT_EXPIRES = 86_400.0
+NOTHING_REMOVES = r"result_\w+=.* only a cleanup removes"  # the backend's start-up warning
 
 
 def open_operations(
@@ -33,7 +35,9 @@ def open_operations(
         from .backend import ConsulBackend
 
         url = strip_class_path(url or app.conf.result_backend or DEFAULT_URL)
-        return ConsulBackend(app=app, url=url, overrides=overrides).operations()
+        with warnings.catch_warnings():  # meant for workers; `doctor` tells an operator
+            warnings.filterwarnings("ignore", NOTHING_REMOVES, UserWarning)
+            return ConsulBackend(app=app, url=url, overrides=overrides).operations()
     try:
         settings = resolve(strip_class_path(url or DEFAULT_URL), overrides)
         transport = connect(settings)

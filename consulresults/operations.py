@@ -16,7 +16,7 @@ from typing import Any, TypeVar, cast
 from . import layout
 from .codec import decode_meta
 from .connection import ConsulError
-from .expiry import ExpiryPlan, made_for
+from .expiry import ExpiryPlan, in_use, made_for
 from .kv import Entry, KVStore, decoded
 from .retry import RetryPolicy
 
@@ -273,16 +273,18 @@ class ResultOperations:
         self, among: set[str] | None = None, listed: list[dict[str, Any]] | None = None
     ) -> list[dict[str, Any]]:
         """Result sessions that hold nothing any more, and provably nothing elsewhere either:
-        ours made for this prefix (the name says so) holding no key under it, and Celery
+        ours made for this prefix (the name says so) holding no key under it and no longer
+        handed out to writers (the name says until when), and Celery
         built-in ones (named after the one key they were made for) not holding that key here.
         ``listed``: :meth:`sessions`, when the caller has it already."""
-        idle = []
+        idle, now = [], time.time()
         for session in self.sessions() if listed is None else listed:
             if session["Held"] or (among is not None and session["ID"] not in among):
                 continue
             name = session.get("Name") or ""
             if made_for(name, self.prefix):
-                idle.append(session)
+                if not in_use(name, now):  # else a writer may be about to put a result in it
+                    idle.append(session)
             elif layout.parse_key(self.prefix, self.store.key(name)) is not None:
                 idle.append(session)  # built-in: its key under this prefix is not held by it
         return idle
@@ -372,9 +374,10 @@ class ResultOperations:
         return self.delete_results([found]).deleted == 1
 
     def stats(self) -> dict[str, Any]:
-        """Counts by state and task, bytes, oldest/newest, results whose expiry has passed but
-        that are still there, results without expiry, sessions holding results and sessions
-        holding nothing (one listing, batched reads, one session list)."""
+        """Counts by state and task, bytes, oldest/newest, results held by no session whose
+        expiry has passed (only a cleanup removes them), results without expiry, sessions
+        holding results and sessions holding nothing (one listing, batched reads, one session
+        list)."""
         by_state: Counter[str] = Counter()
         by_task: Counter[str] = Counter()
         held: Counter[str] = Counter()
@@ -391,7 +394,8 @@ class ResultOperations:
             by_state[result.state] += 1
             by_task[result.task_name or "(unknown)"] += 1
             no_expiry += not result.flags and not result.session
-            expired += bool(result.expires_at and result.expires_at <= now)
+            # held by a session: Consul removes it, 1-2x TTL after its Flags time (not late)
+            expired += bool(not result.session and result.expires_at and result.expires_at <= now)
             if result.done_at:
                 done.append(result.done_at)
         listed = self.sessions(held)

@@ -11,7 +11,8 @@ GAUGES = {
     "bytes": "Bytes of the stored task results.",
     "sessions": "Sessions holding keys under the prefix.",
     "idle_sessions": "Result sessions holding nothing (what sessions gc removes).",
-    "expired_not_removed": "Results whose expiry has passed but that are still stored.",
+    "expired_not_removed": "Results held by no session whose expiry has passed: only a "
+    "cleanup (celery beat, purge --expired) removes them.",
     "without_expiry": "Results with neither a session nor a recorded expiry.",
 }
 

@@ -40,6 +40,7 @@ def _write_key(key, path: Path) -> str:
 def _issue(subject: str, issuer_name, issuer_key, usage, path: Path, san=None, ca=False):
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
+    signer = (issuer_key or key).public_key()
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(subject))
@@ -49,7 +50,19 @@ def _issue(subject: str, issuer_name, issuer_key, usage, path: Path, san=None, c
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        # key identifiers: Python 3.13 verifies with X509_STRICT, which requires them
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(signer), False)
     )
+    if ca:
+        builder = builder.add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                crl_sign=True, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )  # fmt: skip
     if usage:
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
     if san:

@@ -294,9 +294,13 @@ def test_expiry_plan_bounds():
     assert ExpiryPlan.for_expires(3600) == ExpiryPlan(3600, 3900, 300.0)
     assert ExpiryPlan.for_expires(86_000).session_ttl == 86_300
     assert ExpiryPlan.for_expires(86_100) == ExpiryPlan(86_100, 86_400, 300.0)
-    assert ExpiryPlan.for_expires(86_200) == ExpiryPlan(86_200, 86_200, 300.0, renewed=True)
+    assert ExpiryPlan.for_expires(86_200) == ExpiryPlan(86_200, 86_400, 200.0)  # shrunk window
+    assert ExpiryPlan.for_expires(86_370) == ExpiryPlan(86_370, 86_370, 300.0, renewed=True)
     assert ExpiryPlan.for_expires(86_400) == ExpiryPlan(86_400, 86_400, 300.0, renewed=True)
     assert ExpiryPlan.for_expires(86_401).session_ttl is None
+    # a long session_window shrinks to fit the cap; a renewed one never exceeds MAX_WINDOW
+    assert ExpiryPlan.for_expires(3600, window=86_000) == ExpiryPlan(3600, 86_400, 82_800.0)
+    assert ExpiryPlan.for_expires(86_400, window=1e6) == ExpiryPlan(86_400, 86_400, 300.0, True)
     assert ExpiryPlan.for_expires(100, window=10).session_ttl == 110
 
 

@@ -34,6 +34,9 @@ def test_longer_expiry_needs_a_cleanup_and_says_so(make_app):
     with pytest.warns(UserWarning, match="celery beat"):
         assert make_app(result_expires=2 * 86_400).backend.supports_autoexpire is False
     assert make_app(result_expires=None).backend.supports_autoexpire is True  # never expire
+    with pytest.warns(UserWarning, match="result_chord_expires=172800s"):
+        chords = make_app(result_chord_expires=2 * 86_400).backend
+    assert chords.supports_autoexpire is False  # chord keys and header groups need a cleanup
 
 
 def test_reads_are_consistent_by_default(make_app, consul_server, consul_prefix):
@@ -58,6 +61,9 @@ def test_client_is_a_configured_python_consul2_client(make_app, consul_prefix):
     backend.set("via-backend", b"v")
     _, entry = client.kv.get(consul_prefix + "via-backend")  # token and address included
     assert entry["Value"] == b"v"
+    assert client.status.leader()  # and the rest of python-consul2's API
+    for endpoint in ("catalog", "health", "acl", "event", "agent", "session", "txn"):
+        assert hasattr(client, endpoint), endpoint
 
 
 def test_get_mget_set_delete_return_what_the_specification_says(make_app):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from celery import states
@@ -103,12 +104,18 @@ def test_expire_and_sessions_expire_and_gc(cli, backend, api):
     assert made_for(name, backend.prefix)
     idle = api.session(Name=name, Checks=[], TTL="60s")
     foreign = api.session(Name="someone-elses-lock", Checks=[], TTL="60s")
+    # empty, but a writer may still put a result in it: its name says until when
+    handed_out = api.session(
+        Name=session_name(backend.prefix, until=time.time() + 600), Checks=[], TTL="60s"
+    )
     dry = cli("sessions", "gc", "--dry-run")
     assert "would destroy" in dry.stdout
     assert cli("sessions", "gc", "--yes").exit_code == 0
     assert api.get(f"/v1/session/info/{idle}").json() == []
     assert api.get(f"/v1/session/info/{foreign}").json() != []
-    api.put(f"/v1/session/destroy/{foreign}")
+    assert api.get(f"/v1/session/info/{handed_out}").json() != []
+    for kept in (foreign, handed_out):
+        api.put(f"/v1/session/destroy/{kept}")
 
 
 def test_purge_as_a_subprocess_from_cron(consul_server, consul_prefix, backend):
@@ -140,11 +147,18 @@ def test_include_unreadable_deletes_garbage_only_when_asked(cli, backend, api, c
 
 
 def test_rm_removes_a_session_left_holding_nothing(cli, make_app, api):
-    lone = make_app(result_expires=120).backend  # its own TTL, so its own session
-    lone.store_result("alone", 1, states.SUCCESS)
-    session = lone.operations().fetch("alone").session
-    assert cli("rm", "alone", "--yes").exit_code == 0
-    assert api.get(f"/v1/session/info/{session}").json() == []
+    """Once its window is over (no writer will put a result in it), not before."""
+    for window, removed in ((30, False), (0.1, True)):
+        lone = make_app(  # its own TTL, so its own session
+            result_expires=120 + window,
+            consulresults_session_window=window,
+            consulresults_timeout=1,
+        ).backend
+        lone.store_result("alone", 1, states.SUCCESS)
+        session = lone.operations().fetch("alone").session
+        time.sleep(3.5 if removed else 0)  # until = window + 2 x timeout, rounded up
+        assert cli("rm", "alone", "--yes").exit_code == 0
+        assert (api.get(f"/v1/session/info/{session}").json() == []) == removed
 
 
 def test_rm_keeps_a_session_that_still_holds_results(cli, backend, api):

@@ -75,6 +75,42 @@ def test_celery_app_from_the_environment(consul_server, consul_prefix, stored, e
     assert found(run_cli("get", stored, env=env, cwd=tmp_path), stored)
 
 
+def test_the_workers_start_up_warning_stays_out_of_the_cli(
+    consul_server, consul_prefix, stored, environ, tmp_path
+):
+    """An app whose results only a cleanup removes warns its workers at start-up; the CLI
+    (run from cron every few minutes) stays quiet: ``doctor`` says it when asked."""
+    (tmp_path / "longapp.py").write_text(
+        "from celery import Celery\n"
+        f"app = Celery('longapp', backend={backend_url(consul_server, consul_prefix)!r})\n"
+        "app.conf.result_expires = 7 * 86400\n"
+    )
+    env = environ(PYTHONPATH=str(tmp_path))
+    result = run_cli("get", stored, "-A", "longapp", env=env, cwd=tmp_path)
+    assert found(result, stored)
+    assert "only a cleanup removes" not in result.stderr
+    doctor = run_cli("doctor", "-A", "longapp", env=env, cwd=tmp_path)
+    assert "only a cleanup removes results" in doctor.stdout
+
+
+def test_an_app_named_by_a_flag_is_never_redirected_by_the_environment(
+    consul_server, consul_prefix, stored, environ, tmp_path
+):
+    """``-A`` beats CONSUL_RESULTS_BACKEND_URL: a variable left exported in a shell must not
+    point ``purge -A prod.celery`` at another Consul."""
+    (tmp_path / "envapp.py").write_text(
+        "from celery import Celery\n"
+        f"app = Celery('envapp', backend={backend_url(consul_server, consul_prefix)!r})\n"
+    )
+    elsewhere = "consulresults://127.0.0.1:9/elsewhere"  # nothing listens there
+    env = environ(CONSUL_RESULTS_BACKEND_URL=elsewhere, PYTHONPATH=str(tmp_path))
+    assert found(run_cli("get", stored, "-A", "envapp", env=env, cwd=tmp_path), stored)
+    env = environ(
+        CONSUL_RESULTS_BACKEND_URL=elsewhere, CELERY_APP="envapp", PYTHONPATH=str(tmp_path)
+    )
+    assert run_cli("get", stored, env=env, cwd=tmp_path).returncode == 69  # both from the env
+
+
 def test_id_commands_work_at_the_root_prefix(consul_server, make_app, environ, api):
     root = f"consulresults://{consul_server.host}:{consul_server.port}/"
     backend = make_app(root).backend

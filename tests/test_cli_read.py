@@ -347,6 +347,8 @@ def test_stats_for_prometheus_textfile_collector(consul_server, consul_prefix, m
     stale = '{"status": "SUCCESS", "result": 3, "task_id": "p-old"}'
     api.put(f"/v1/kv/{consul_prefix}celery-task-meta-p-old?flags=1000", stale)
     api.session(Name=session_name(consul_prefix.rstrip("/")), TTL="60s")  # holds nothing
+    held = api.session(Name="held", TTL="60s", Behavior="delete")  # Consul's to remove: not late
+    api.put(f"/v1/kv/{consul_prefix}celery-task-meta-p-held?flags=1000&acquire={held}", stale)
     args = ["stats", "-o", "prometheus", "--backend-url", backend_url(consul_server, consul_prefix)]
     result = run_cli(*args, *(["--token", consul_server.token] if consul_server.token else []))
     assert result.returncode == 0, result.stderr
@@ -355,12 +357,12 @@ def test_stats_for_prometheus_textfile_collector(consul_server, consul_prefix, m
         for family in text_string_to_metric_families(result.stdout)
         for s in family.samples
     }
-    assert samples[("consul_results_results", (("state", "SUCCESS"),))] == 2
+    assert samples[("consul_results_results", (("state", "SUCCESS"),))] == 3
     assert samples[("consul_results_results", (("state", "FAILURE"),))] == 1
     assert samples[("consul_results_task_results", (("task", "tasks.add"),))] == 1
     assert samples[("consul_results_expired_not_removed", ())] == 1
     assert samples[("consul_results_idle_sessions", ())] == 1
-    assert samples[("consul_results_sessions", ())] == 1
+    assert samples[("consul_results_sessions", ())] == 2
     assert samples[("consul_results_bytes", ())] > 0
     assert samples[("consul_results_oldest_result_age_seconds", ())] >= 0
 

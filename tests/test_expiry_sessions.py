@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 import time
 
 from celery import Celery, states
@@ -52,24 +51,43 @@ def test_default_expiry_renews_once_when_the_window_closes(consul_dev_server_fac
     app.close()
 
 
+WRITER = """
+import os, signal, time
+from celery import Celery, states
+app = Celery("writer")  # Celery's default result_expires
+app.conf.update(result_backend="consulresults://{address}/exp", consulresults_session_window=30)
+app.backend.store_result("{task_id}", 1, states.SUCCESS)
+print(time.monotonic(), flush=True)
+{then}
+"""
+
+
+def writer(server, task_id: str, then: str) -> tuple[subprocess.CompletedProcess, float]:
+    """A process of its own that stores one result inside a 30 s window, then runs ``then``;
+    and the (system-wide) monotonic time of the store."""
+    script = WRITER.format(address=server.address, task_id=task_id, then=then)
+    process = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    return process, float(process.stdout.split()[0])
+
+
 def test_a_process_killed_inside_the_window_leaves_results_that_still_expire(
     consul_dev_server_factory,
 ):
     server = day_lasts(consul_dev_server_factory, 3.0)
-    script = textwrap.dedent(
-        f"""
-        import os, signal
-        from celery import Celery, states
-        app = Celery("killed")
-        app.conf.update(
-            result_backend="consulresults://{server.address}/exp",
-            consulresults_session_window=30,
-        )
-        app.backend.store_result("orphan", 1, states.SUCCESS)
-        os.kill(os.getpid(), signal.SIGKILL)
-        """
-    )
-    process = subprocess.run([sys.executable, "-c", script], timeout=60)
+    process, _ = writer(server, "orphan", "os.kill(os.getpid(), signal.SIGKILL)")
     assert process.returncode == -9
     assert exists(server, "exp/celery-task-meta-orphan")
     assert gone_within(server, "exp/celery-task-meta-orphan", 15.0)
+
+
+def test_a_process_leaving_inside_the_window_renews_on_its_way_out(consul_dev_server_factory):
+    """A clean exit (a deploy, max_tasks_per_child) renews what the timer would have: the
+    result then lives a TTL from the exit, not from the session's creation."""
+    server = day_lasts(consul_dev_server_factory, 3.0)
+    process, stored_at = writer(server, "leaver", "time.sleep(2.0)")
+    assert process.returncode == 0, process.stderr
+    time.sleep(max(0.0, stored_at + 4.0 - time.monotonic()))
+    assert exists(server, "exp/celery-task-meta-leaver")  # unrenewed, it went at 3 s
+    assert gone_within(server, "exp/celery-task-meta-leaver", 15.0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import re
 import sys
 import time
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from ..operations import ResultFilter, ResultOperations
 
 PANEL = "Connection"
+ENV_APP = "CELERY_APP"
+ENV_BACKEND_URL = "CONSUL_RESULTS_BACKEND_URL"
 
 
 @dataclass
@@ -45,7 +48,7 @@ class Connection:
         return self.overrides.get("address") or "the configured address"
 
     def open(self) -> ResultOperations:
-        """The operations on the results named; Celery is imported only for ``-A``."""
+        """The operations on the results named; Celery is imported only for an app."""
         from ..factory import open_operations
 
         if self.stale and self.consistent:
@@ -53,17 +56,26 @@ class Connection:
         overrides = dict(self.overrides)
         if self.stale or self.consistent:
             overrides["consistency"] = "stale" if self.stale else "consistent"
-        return open_operations(self.backend_url, overrides, self._celery_app())
+        return open_operations(self._url(), overrides, self._celery_app())
+
+    def _url(self) -> str | None:
+        """``--backend-url``, else ``CONSUL_RESULTS_BACKEND_URL`` unless ``-A`` was given: a
+        flag beats the environment, so the environment never redirects an app named on the
+        command line to another Consul."""
+        if self.backend_url or self.app:
+            return self.backend_url
+        return os.environ.get(ENV_BACKEND_URL) or None
 
     def _celery_app(self) -> Any:
-        if not self.app:
+        name = self.app or os.environ.get(ENV_APP)
+        if not name:
             return None
         from celery.app.utils import find_app
 
         try:
-            return find_app(self.app)
+            return find_app(name)
         except Exception as exc:  # import errors of the user's module, with their reason
-            raise fail(f"cannot load the Celery app {self.app!r}: {exc}", EXIT_USAGE) from None
+            raise fail(f"cannot load the Celery app {name!r}: {exc}", EXIT_USAGE) from None
 
 
 def _flag(*names: str, metavar: str | None = None, help: str, envvar: str | None = None) -> Any:
@@ -77,8 +89,8 @@ _CONNECTION: dict[str, Any] = {
             "-A",
             "--app",
             metavar="MODULE",
-            help="Celery app whose result_backend, prefix and serializer to use.",
-            envvar="CELERY_APP",  # as Celery's own CLI reads it
+            help="Celery app whose result_backend, prefix and serializer to use "
+            f"(env var {ENV_APP}, as Celery's own command reads it).",
         ),
     ],
     "backend_url": Annotated[
@@ -86,8 +98,8 @@ _CONNECTION: dict[str, Any] = {
         _flag(
             "--backend-url",
             metavar="URL",
-            help="Result backend URL, e.g. consulresults://127.0.0.1:8500/myapp.",
-            envvar="CONSUL_RESULTS_BACKEND_URL",
+            help="Result backend URL, e.g. consulresults://127.0.0.1:8500/myapp "
+            f"(env var {ENV_BACKEND_URL}, unless -A is given).",
         ),
     ],
     **{
