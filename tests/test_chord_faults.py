@@ -54,3 +54,20 @@ def test_a_failed_gather_fails_the_body_once(backend, consul_server):
     backend.forget(body_id)
     backend.on_chord_part_return(request, states.SUCCESS, 1)  # a redelivered copy
     assert backend.app.AsyncResult(body_id).state == states.PENDING  # the tombstone stopped it
+
+
+def test_what_a_failing_chord_logs_can_cross_a_process_boundary(backend, caplog):
+    """Celery's test worker (``celery.contrib.testing.worker``, prefork) ships its children's
+    log records to the parent through a billiard queue, pickled as they are: a record carrying
+    a live traceback (``logger.exception``, as Celery's own chord code logs) fails there with
+    "TypeError: cannot pickle 'traceback' object" in the queue thread. Ours carry none."""
+    import pickle
+
+    request, _ = one_part_chord(backend)
+    error = ValueError("header failed")
+    with caplog.at_level("DEBUG"):
+        backend.on_chord_part_return(request, states.FAILURE, error)
+    logged = [r for r in caplog.records if r.name.startswith("consulresults")]
+    assert logged, "the failed chord was logged"
+    for record in logged:
+        pickle.dumps(record)
