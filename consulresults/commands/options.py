@@ -28,7 +28,6 @@ from .errors import EXIT_USAGE, consul_errors, fail
 if TYPE_CHECKING:
     from ..operations import ResultFilter, ResultOperations
 
-PANEL = "Connection"
 ENV_APP = "CELERY_APP"
 ENV_BACKEND_URL = "CONSUL_RESULTS_BACKEND_URL"
 
@@ -79,7 +78,7 @@ class Connection:
 
 
 def _flag(*names: str, metavar: str | None = None, help: str, envvar: str | None = None) -> Any:
-    return typer.Option(*names, metavar=metavar, envvar=envvar, rich_help_panel=PANEL, help=help)
+    return typer.Option(*names, metavar=metavar, envvar=envvar, help=help)
 
 
 _CONNECTION: dict[str, Any] = {

@@ -1,6 +1,7 @@
 """The Typer app class every ``consul-results`` command group is built from: Typer's own, with
-help that leaves out Typer's type labels (``<bool>``, ``<list[str]>``). A flag takes no value,
-and every other option and argument already names what it takes (``SECONDS``, ``ID...``)."""
+plain help that leaves out Typer's type labels (``<bool>``, ``<list[str]>``). A flag takes no
+value, and every other option and argument already names what it takes (``SECONDS``,
+``ID...``)."""
 
 from __future__ import annotations
 
@@ -35,9 +36,12 @@ class _Group(TyperGroup):
 
 
 class App(typer.Typer):
-    """``typer.Typer`` whose groups and commands print help without type labels."""
+    """``typer.Typer`` whose groups and commands print plain help without type labels. Plain,
+    like git's or consul's: Typer's rich help imports rich's markdown renderer and halves the
+    speed of ``--help`` (0.19 s against 0.09 s here); rich stays for tables and ``watch``."""
 
     def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("rich_markup_mode", None)
         super().__init__(cls=_Group, **kwargs)
 
     def command(
