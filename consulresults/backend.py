@@ -37,7 +37,7 @@ from kombu.utils.objects import cached_property
 from .celery_chords import ChordMixin
 from .chords import ChordStore
 from .connection import ConsulClient, connect, is_transient
-from .expiry import MIN_TTL, ExpiryPlan, renew_pending
+from .expiry import MIN_TTL, CleanupNeeded, ExpiryPlan, renew_pending
 from .kv import KVStore, ValueTooLarge, WriteConflict
 from .operations import ALL_KINDS, BLOCK_SECONDS, ResultFilter, ResultOperations
 from .retry import RetryPolicy
@@ -410,7 +410,7 @@ def _warn_nothing_removes(setting: str, plan: ExpiryPlan) -> None:
         f"{setting}={plan.expires:g}s is over Consul's 24 h session TTL: only a cleanup removes "
         "these results. Run celery beat (it schedules celery.backend_cleanup daily) or "
         f"`consul-results purge --expired` from cron, or set {setting} to 86400 or less",
-        UserWarning,
+        CleanupNeeded,
         stacklevel=4,
     )
 

@@ -41,6 +41,12 @@ RENEW_PATIENCE = 3600.0  # a renewal due now still has most of a (>= 24 h) TTL t
 EXIT_TIMEOUT = 2.0  # a process on its way out tries once, briefly
 
 logger = logging.getLogger(__name__)
+
+
+class CleanupNeeded(UserWarning):
+    """Results under this expiry are removed only by a cleanup (celery beat, ``purge``)."""
+
+
 _UNTIL = re.compile(r" until=(\d+) ")
 
 
@@ -160,7 +166,7 @@ class SessionPool:
             session_id = create_session(self._transport, name, plan.session_ttl)
             self._sessions[kind] = (session_id, now, os.getpid())
         if plan.renewed:
-            self._renew_later(session_id, plan.window + 2 * self._transport.timeout)
+            self._renew_later(session_id, landed)
         return session_id
 
     def _renew_later(self, session_id: str, delay: float) -> None:

@@ -14,14 +14,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from .connection import connect
-from .expiry import ExpiryPlan
+from .expiry import CleanupNeeded, ExpiryPlan
 from .kv import KVStore
 from .operations import ResultOperations
 from .settings import SettingsError, resolve
 
 DEFAULT_URL = "consulresults://"
 CELERY_DEFAULT_EXPIRES = 86_400.0
-NOTHING_REMOVES = r"result_\w+=.* only a cleanup removes"  # the backend's start-up warning
 
 
 def open_operations(
@@ -36,7 +35,7 @@ def open_operations(
 
         url = strip_class_path(url or app.conf.result_backend or DEFAULT_URL)
         with warnings.catch_warnings():  # meant for workers; `doctor` tells an operator
-            warnings.filterwarnings("ignore", NOTHING_REMOVES, UserWarning)
+            warnings.simplefilter("ignore", CleanupNeeded)
             return ConsulBackend(app=app, url=url, overrides=overrides).operations()
     try:
         settings = resolve(strip_class_path(url or DEFAULT_URL), overrides)
