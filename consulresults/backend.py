@@ -36,7 +36,8 @@ from kombu.utils.objects import cached_property
 
 from .celery_chords import ChordMixin
 from .chords import ChordStore
-from .connection import ConsulClient, connect, is_transient
+from .client import ConsulClient
+from .connection import connect, is_transient
 from .expiry import MIN_TTL, CleanupNeeded, ExpiryPlan, renew_pending
 from .kv import KVStore, ValueTooLarge, WriteConflict
 from .operations import ALL_KINDS, BLOCK_SECONDS, ResultFilter, ResultOperations

@@ -1,41 +1,46 @@
-"""The one place that builds HTTP clients for Consul.
+"""The one place that talks HTTP to Consul, and the only place that turns its answers and its
+failures into exceptions.
 
-A :class:`ConsulClient` is python-consul2's client with our transport underneath: pooled
-keep-alive connections (a ``requests`` session per process, rebuilt after ``fork`` so prefork
-children never share a socket with their parent — Celery issue #5605), timeouts, TLS, and the ACL
-token in the ``X-Consul-Token`` header (never in a URL, where proxies and logs keep it). It is
-built from resolved :class:`~consulresults.settings.ConsulSettings`, never from python-consul2's
-environment handling.
+A :class:`Transport` sends requests on ``http.client`` over pooled keep-alive connections (a pool
+per process, emptied after ``fork`` so prefork children never share a socket with their parent —
+Celery issue #5605), with timeouts, TLS, and the ACL token in the ``X-Consul-Token`` header
+(never in a URL, where proxies and logs keep it). It is built from resolved
+:class:`~consulresults.settings.ConsulSettings`, never from python-consul2's environment handling.
+
+Not ``requests``: importing it costs most of a CLI command's start-up. The failures raised are
+still the classes code written for Celery's built-in backend catches (python-consul2's
+``ConsulException``, requests' ``ConnectionError``...): see :mod:`consulresults.compat`, which
+is imported only when a failure is raised.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import select
+import socket
 import ssl
 import threading
-import warnings
-from collections.abc import Callable, Iterable, Mapping
+import weakref
+import zlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import quote, urlencode
 
-import consul.base
-import requests
-from requests.adapters import HTTPAdapter
-
+from . import __version__
 from .settings import ConsulSettings, SettingsError
 
 POOL_SIZE = 32
+USER_AGENT = f"consul-results/{__version__}"
 _CONSISTENT_READS = ("/v1/kv/", "/v1/session/info/", "/v1/session/list")
+_E = TypeVar("_E", bound=BaseException)
 
-_T = TypeVar("_T")
 
-
-class ConsulError(consul.base.ConsulException):
+class ConsulError(Exception):
     """An answer from Consul that is not what the request expected, with its HTTP status.
-
-    A subclass of python-consul2's exception, so code written against it keeps working.
-    """
+    Raised as python-consul2's ``ConsulException`` too (:mod:`consulresults.compat`)."""
 
     def __init__(self, status: int, text: str) -> None:
         super().__init__(f"{status} {text}")
@@ -48,7 +53,7 @@ class ConsulError(consul.base.ConsulException):
         return self.status == 429 or 500 <= self.status < 600
 
 
-class PermissionDenied(ConsulError, consul.base.ACLPermissionDenied):
+class PermissionDenied(ConsulError):
     """The ACL token may not do this (a 403, or a "Permission denied" operation in a txn).
     Its text is Consul's own, as python-consul2 gives it."""
 
@@ -56,15 +61,37 @@ class PermissionDenied(ConsulError, consul.base.ACLPermissionDenied):
         return self.text
 
 
-class ConsulTimeout(requests.Timeout):
-    """Consul took longer than the timeout: says which agent, which request and what to do
-    (requests' own message names only a connection pool)."""
+class ConsulUnreachable(OSError):
+    """No answer: the connection was refused, reset or closed, or the name did not resolve.
+    ``reason`` says which in a few words; ``address`` is the agent's URL."""
+
+    def __init__(self, message: str = "", address: str = "", reason: str = "") -> None:
+        super().__init__(message)
+        self.address = address
+        self.reason = reason
+
+
+class ConsulTLSError(ConsulUnreachable):
+    """The TLS handshake failed (an untrusted certificate, a missing client certificate...)."""
+
+
+class ConsulTimeout(OSError):
+    """Consul took longer than the timeout; the message says which agent, which request and
+    what to do."""
+
+
+def compatible(cls: type[_E]) -> type[_E]:
+    """The class to raise for ``cls``: also the python-consul2 or requests exception that
+    Celery's built-in backend raises for the same failure."""
+    from .compat import COMPATIBLE
+
+    return COMPATIBLE[cls]  # type: ignore[return-value]
 
 
 def is_transient(exc: BaseException) -> bool:
     """Whether a failure may go away by itself: a lost connection, a time-out, a 429 or 5xx.
     Every retry decision in the package asks this one question."""
-    if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
+    if isinstance(exc, (ConsulUnreachable, ConsulTimeout)):
         return True
     return isinstance(exc, ConsulError) and exc.transient
 
@@ -74,13 +101,26 @@ class Response:
     """Status, headers and decoded JSON (or the text, or None) of one Consul answer."""
 
     status: int
-    headers: Mapping[str, str]
+    headers: http.client.HTTPMessage  # case-insensitive, as HTTP headers are
     body: Any
 
     @property
     def index(self) -> int:
         """``X-Consul-Index``: what a blocking query waits past."""
         return int(self.headers.get("X-Consul-Index", 0))
+
+
+@dataclass
+class Answer:
+    """One answer as received: status, headers and the (decompressed) body bytes."""
+
+    status: int
+    headers: http.client.HTTPMessage
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
 
 
 @dataclass
@@ -96,7 +136,7 @@ class TxnAnswer:
 
     def error(self) -> ConsulError:
         """A refusal the caller cannot recover from, as Consul answered it."""
-        return ConsulError(409, json.dumps({"Errors": self.errors}))
+        return compatible(ConsulError)(409, json.dumps({"Errors": self.errors}))
 
 
 def error_for(response: Response) -> ConsulError:
@@ -104,24 +144,8 @@ def error_for(response: Response) -> ConsulError:
     body = response.body
     text = body if isinstance(body, str) else json.dumps(body)
     if response.status == 403:
-        return PermissionDenied(403, text)
-    return ConsulError(response.status, text)
-
-
-class _Adapter(HTTPAdapter):
-    """Keep-alive pool; with a TLS server name, it is sent as SNI and checked in the
-    certificate instead of the host name (as the Consul CLI's -tls-server-name does)."""
-
-    def __init__(self, tls_server_name: str | None) -> None:
-        self._tls_server_name = tls_server_name
-        super().__init__(pool_connections=4, pool_maxsize=POOL_SIZE, max_retries=0)
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        if self._tls_server_name:
-            kwargs.update(
-                server_hostname=self._tls_server_name, assert_hostname=self._tls_server_name
-            )
-        super().init_poolmanager(*args, **kwargs)
+        return compatible(PermissionDenied)(403, text)
+    return compatible(ConsulError)(response.status, text)
 
 
 def _load_error(exc: OSError) -> str:
@@ -132,20 +156,25 @@ def _load_error(exc: OSError) -> str:
     return (exc.strerror or type(exc).__name__).lower()
 
 
-def check_tls_files(settings: ConsulSettings) -> None:
-    """Load the CA and client certificate now, so a wrong path or a file that is not PEM is one
-    clear error at start-up rather than an OSError from deep inside the first request."""
+def tls_context(settings: ConsulSettings) -> ssl.SSLContext | None:
+    """The TLS context for ``settings`` (None for plain http), with the CA and client
+    certificate loaded now, so a wrong path or a file that is not PEM is one clear error at
+    start-up rather than an OSError from deep inside the first request. A CA file is the only CA
+    trusted, as with the Consul CLI's -ca-file; without one, the system's CAs are."""
     if settings.client_key and not settings.client_cert:
         raise SettingsError("a client key needs its client certificate (client_cert)")
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # empty: loads no system CAs
-    if settings.ca_file:
-        try:
-            context.load_verify_locations(cafile=settings.ca_file)
-        except OSError as exc:  # ssl.SSLError is one
-            raise SettingsError(
-                f"cannot use the CA file {settings.ca_file}: {_load_error(exc)} "
-                "(expect a PEM file with the CA certificate)"
-            ) from None
+    if settings.scheme != "https" and not (settings.ca_file or settings.client_cert):
+        return None
+    try:
+        context = ssl.create_default_context(cafile=settings.ca_file)
+    except OSError as exc:  # ssl.SSLError is one
+        raise SettingsError(
+            f"cannot use the CA file {settings.ca_file}: {_load_error(exc)} "
+            "(expect a PEM file with the CA certificate)"
+        ) from None
+    if not settings.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     if settings.client_cert:
         try:
             context.load_cert_chain(settings.client_cert, settings.client_key)
@@ -155,119 +184,169 @@ def check_tls_files(settings: ConsulSettings) -> None:
                 f"cannot use the client certificate {settings.client_cert}{key}: "
                 f"{_load_error(exc)} (expect PEM files: the certificate and its unencrypted key)"
             ) from None
+    return context if settings.scheme == "https" else None
 
 
-class Transport(consul.base.HTTPClient):
-    """python-consul2's HTTP client interface over a fork-safe, pooled ``requests`` session."""
+class _Connection(http.client.HTTPConnection):
+    """One keep-alive connection; with a TLS context, the name given is sent as SNI and checked
+    in the certificate (the TLS server name, as the Consul CLI's -tls-server-name, else the
+    host)."""
+
+    def __init__(
+        self, host: str, port: int, context: ssl.SSLContext | None, server_name: str
+    ) -> None:
+        super().__init__(host, port)
+        self._context = context
+        self._server_name = server_name
+
+    def connect(self) -> None:
+        super().connect()
+        if self._context is not None:
+            self.sock = self._context.wrap_socket(self.sock, server_hostname=self._server_name)
+
+    def dropped(self) -> bool:
+        """Closed by the server while idle: a readable idle socket has only EOF to read."""
+        if self.sock is None:
+            return True
+        poller = select.poll()  # not select.select: it fails on descriptors over 1023
+        poller.register(self.sock, select.POLLIN)
+        return bool(poller.poll(0))
+
+
+class _Pool:
+    """Idle connections of this process, the most recently used first."""
+
+    def __init__(self, settings: ConsulSettings) -> None:
+        self._context = tls_context(settings)
+        self._host, self._port = settings.host, settings.port
+        self._server_name = settings.tls_server_name or settings.host
+        self.reset()
+        _POOLS.add(self)
+
+    def reset(self) -> None:
+        """Start empty. Run in a forked child too: the idle sockets are its parent's, and the
+        lock may have been held by a parent's thread that does not exist in the child."""
+        self._idle: list[_Connection] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> _Connection:
+        with self._lock:
+            while self._idle:
+                connection = self._idle.pop()
+                if not connection.dropped():
+                    return connection
+                connection.close()
+        return _Connection(self._host, self._port, self._context, self._server_name)
+
+    def give_back(self, connection: _Connection) -> None:
+        with self._lock:
+            if len(self._idle) < POOL_SIZE:
+                self._idle.append(connection)
+                return
+        connection.close()
+
+
+_POOLS: weakref.WeakSet[_Pool] = weakref.WeakSet()
+
+
+def _forget_parents_connections() -> None:
+    for pool in list(_POOLS):
+        pool.reset()
+
+
+os.register_at_fork(after_in_child=_forget_parents_connections)
+
+
+def _reason(exc: OSError) -> str:
+    """A failure to get an answer, in a few words."""
+    text = str(exc).lower()
+    for known, reason in (
+        ("certificate required", "Consul requires a client certificate"),
+        ("certificate verify failed", "certificate verify failed"),
+        ("without response", "closed without an answer"),
+        ("name or service not known", "name or service not known"),
+        ("no route to host", "no route to host"),
+    ):
+        if known in text:
+            return reason
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset"
+    if isinstance(exc, socket.gaierror):
+        return "name or service not known"
+    return str(exc) or type(exc).__name__
+
+
+class Transport:
+    """Consul's HTTP API: the token, datacenter and read consistency on every request, answers
+    decoded, and the failures raised as this module's exceptions."""
 
     def __init__(self, settings: ConsulSettings, token: str | None) -> None:
-        check_tls_files(settings)
-        verify: bool | str = (settings.ca_file or True) if settings.verify else False
-        cert = (settings.client_cert, settings.client_key) if settings.client_cert else None
-        super().__init__(
-            settings.host, settings.port, settings.scheme, verify, cert, settings.timeout
-        )
+        self.scheme = settings.scheme
         self.base_uri = settings.base_url
+        self.timeout = settings.timeout
+        self.consistency = settings.consistency
         self._token = token
         self._datacenter = settings.datacenter
-        self.consistency = settings.consistency
-        self._tls_server_name = settings.tls_server_name
-        self._lock = threading.Lock()
-        self._pid = -1
-        self._session: requests.Session | None = None
+        self._pool = _Pool(settings)
 
-    @property
-    def session(self) -> requests.Session:
-        """This process's session; a forked child builds its own instead of reusing sockets."""
-        if self._pid != os.getpid():
-            with self._lock:
-                if self._pid != os.getpid():
-                    session = requests.Session()
-                    adapter = _Adapter(self._tls_server_name)
-                    session.mount("http://", adapter)
-                    session.mount("https://", adapter)
-                    session.trust_env = False  # CONSUL_* settings are resolved elsewhere
-                    self._session, self._pid = session, os.getpid()
-        assert self._session is not None  # set (before _pid) by this process, just above or earlier
-        return self._session
-
-    def _send(
+    def send(
         self,
         method: str,
-        callback: Callable[[Any], _T],
         path: str,
         params: Iterable[tuple[str, Any]] | None = None,
         data: str | bytes | None = None,
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
-    ) -> _T:
-        headers = dict(headers or {})
+    ) -> Answer:
+        """One request as given (python-consul2's calls come through here too)."""
+        headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "gzip", **(headers or {})}
         if self._token:
             headers["X-Consul-Token"] = self._token
         params = list(params or [])
         if self._datacenter and not any(name == "dc" for name, _ in params):
             params.append(("dc", self._datacenter))
+        target = quote(path, safe="/:") + (f"?{urlencode(params)}" if params else "")
+        body = data.encode() if isinstance(data, str) else data
         timeout = timeout or self.timeout
         try:
-            response = self.session.request(
-                method,
-                self.uri(path, params),
-                data=data,
-                headers=headers,
-                verify=self.verify,
-                cert=self.cert,
-                timeout=timeout,
-            )
-        except requests.Timeout as exc:
-            raise ConsulTimeout(
+            return self._exchange(method, target, body, headers, timeout)
+        except TimeoutError as exc:
+            raise compatible(ConsulTimeout)(
                 f"Consul at {self.base_uri} did not answer {method} {path} within {timeout:g} s "
                 "(if it is just slow, raise the backend's timeout option, e.g. ?timeout=30)"
             ) from exc
-        response.encoding = "utf-8"
-        return callback(
-            consul.base.Response(
-                response.status_code, response.headers, response.text, response.content
-            )
-        )
+        except (OSError, http.client.HTTPException) as exc:
+            failure = ConsulTLSError if isinstance(exc, ssl.SSLError) else ConsulUnreachable
+            reason = _reason(exc) if isinstance(exc, OSError) else type(exc).__name__
+            raise compatible(failure)(
+                f"cannot reach Consul at {self.base_uri} ({method} {path}): {reason}",
+                self.base_uri,
+                reason,
+            ) from exc
 
-    def get(
-        self,
-        callback: Callable[[Any], _T],
-        path: str,
-        params: Iterable[tuple[str, Any]] | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> _T:
-        return self._send("GET", callback, path, params, headers=headers)
-
-    def put(
-        self,
-        callback: Callable[[Any], _T],
-        path: str,
-        params: Iterable[tuple[str, Any]] | None = None,
-        data: str | bytes | None = "",
-        headers: Mapping[str, str] | None = None,
-    ) -> _T:
-        return self._send("PUT", callback, path, params, data, headers)
-
-    def delete(
-        self,
-        callback: Callable[[Any], _T],
-        path: str,
-        params: Iterable[tuple[str, Any]] | None = None,
-        data: str | bytes | None = "",
-        headers: Mapping[str, str] | None = None,
-    ) -> _T:
-        return self._send("DELETE", callback, path, params, data, headers)
-
-    def post(
-        self,
-        callback: Callable[[Any], _T],
-        path: str,
-        params: Iterable[tuple[str, Any]] | None = None,
-        headers: Mapping[str, str] | None = None,
-        data: str | bytes | None = "",
-    ) -> _T:
-        return self._send("POST", callback, path, params, data, headers)
+    def _exchange(
+        self, method: str, target: str, body: bytes | None, headers: dict[str, str], timeout: float
+    ) -> Answer:
+        connection = self._pool.take()
+        try:
+            connection.timeout = timeout
+            if connection.sock is not None:
+                connection.sock.settimeout(timeout)
+            connection.request(method, target, body=body, headers=headers)
+            response = connection.getresponse()
+            content = response.read()
+        except BaseException:
+            connection.close()
+            raise
+        if response.will_close:
+            connection.close()
+        else:
+            self._pool.give_back(connection)
+        if response.headers.get("Content-Encoding") == "gzip":
+            content = zlib.decompress(content, 16 + zlib.MAX_WBITS)
+        return Answer(response.status, response.headers, content)
 
     def request(
         self,
@@ -283,15 +362,12 @@ class Transport(consul.base.HTTPClient):
         params = list(params or [])
         if method == "GET" and path.startswith(_CONSISTENT_READS) and self.consistency != "default":
             params.append((self.consistency, "1"))
-
-        def decoded(answer: consul.base.Response) -> Response:
-            try:
-                value = json.loads(answer.body) if answer.body else None
-            except ValueError:
-                value = answer.body
-            return Response(answer.code, answer.headers, value)
-
-        response = self._send(method, decoded, path, params, data, timeout=timeout)
+        answer = self.send(method, path, params, data, timeout=timeout)
+        try:
+            value = json.loads(answer.content) if answer.content else None
+        except ValueError:
+            value = answer.text
+        response = Response(answer.status, answer.headers, value)
         if response.status not in expect:
             raise error_for(response)
         return response
@@ -307,36 +383,8 @@ class Transport(consul.base.HTTPClient):
         errors = response.body["Errors"]
         for error in errors:
             if error["What"].startswith("Permission denied"):
-                raise PermissionDenied(403, error["What"])
+                raise compatible(PermissionDenied)(403, error["What"])
         return TxnAnswer(None, errors)
-
-
-ENDPOINTS = {
-    "acl": "ACL", "agent": "Agent", "catalog": "Catalog", "config": "Config",
-    "connect": "Connect", "coordinate": "Coordinate", "discovery_chain": "DiscoveryChain",
-    "event": "Event", "health": "Health", "kv": "KV", "operator": "Operator", "query": "Query",
-    "session": "Session", "snapshot": "Snapshot", "status": "Status", "txn": "Txn",
-}  # fmt: skip
-
-
-class ConsulClient(consul.Consul):
-    """python-consul2's whole API (``kv``, ``session``, ``catalog``, ``health``...) on our
-    transport, as its own constructor would build it.
-
-    That constructor is not called on purpose: it reads ``CONSUL_HTTP_ADDR`` and
-    ``CONSUL_HTTP_TOKEN`` and lets them override explicit arguments.
-    """
-
-    def __init__(self, transport: Transport) -> None:
-        self.http = transport
-        self.token = None  # the transport adds it as a header to every request
-        self.scheme = transport.scheme
-        self.dc = None  # the transport adds ``dc`` to every request
-        self.consistency = transport.consistency
-        with warnings.catch_warnings():  # "legacy ACL", "1.6.0+": warned at construction
-            warnings.simplefilter("ignore", DeprecationWarning)
-            for name, endpoint in ENDPOINTS.items():
-                setattr(self, name, getattr(consul.base.Consul, endpoint)(self))
 
 
 def connect(settings: ConsulSettings) -> Transport:

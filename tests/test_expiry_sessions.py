@@ -19,7 +19,8 @@ def day_lasts(factory, seconds: float):
 
 
 def exists(server, key: str) -> bool:
-    from consulresults.connection import ConsulClient, connect
+    from consulresults.client import ConsulClient
+    from consulresults.connection import connect
     from consulresults.settings import resolve
 
     client = ConsulClient(connect(resolve(f"consulresults://{server.address}/", {})))

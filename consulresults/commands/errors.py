@@ -4,7 +4,6 @@ status."""
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,26 +42,29 @@ def consul_errors(address: str) -> Iterator[None]:
 def describe_error(exc: BaseException, where: str) -> tuple[str, int] | None:
     """(one-line message, exit status) for configuration, network, TLS and Consul failures;
     None for anything else (a bug: let it show)."""
-    import requests
-
-    from ..connection import ConsulError, PermissionDenied
+    from ..connection import (
+        ConsulError,
+        ConsulTimeout,
+        ConsulTLSError,
+        ConsulUnreachable,
+        PermissionDenied,
+    )
     from ..settings import SettingsError
 
     if isinstance(exc, SettingsError) or _improperly_configured(exc):
         return str(exc), EXIT_USAGE
-    if isinstance(exc, requests.exceptions.SSLError):
+    if isinstance(exc, ConsulTLSError):
         return (
-            f"TLS failed talking to Consul at {where}: {_reason(exc)} (check --ca-file, "
+            f"TLS failed talking to Consul at {where}: {exc.reason} (check --ca-file, "
             "--client-cert, --client-key, --tls-server-name)",
             EXIT_UNAVAILABLE,
         )
-    if isinstance(exc, requests.ConnectionError):
-        address, reason = _address(exc) or where, _reason(exc)
+    if isinstance(exc, ConsulUnreachable):
         hint = "set --http-addr or CONSUL_HTTP_ADDR"
-        if reason == "closed without an answer" and address.startswith("https"):
+        if exc.reason == "closed without an answer" and exc.address.startswith("https"):
             hint = "a Consul that requires TLS client certificates does this: --client-cert"
-        return f"cannot reach Consul at {address}: {reason} ({hint})", EXIT_UNAVAILABLE
-    if isinstance(exc, requests.Timeout):  # the transport's message names agent and request
+        return f"cannot reach Consul at {exc.address}: {exc.reason} ({hint})", EXIT_UNAVAILABLE
+    if isinstance(exc, ConsulTimeout):  # the transport's message names agent and request
         return _first_line(exc), EXIT_UNAVAILABLE
     if isinstance(exc, PermissionDenied):
         return (
@@ -88,28 +90,3 @@ def _improperly_configured(exc: BaseException) -> bool:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).lower()
-    for known, reason in (
-        ("connection refused", "connection refused"),
-        ("name or service not known", "name or service not known"),
-        ("timed out", "timed out"),
-        ("certificate verify failed", "certificate verify failed"),
-        ("certificate required", "Consul requires a client certificate"),
-        ("no route to host", "no route to host"),
-        ("connection reset", "connection reset"),
-        ("closed connection without response", "closed without an answer"),
-    ):
-        if known in text:
-            return reason
-    return type(exc).__name__
-
-
-def _address(exc: BaseException) -> str | None:
-    request = getattr(exc, "request", None)
-    if request is None or not getattr(request, "url", None):
-        return None
-    match = re.match(r"(https?://[^/]+)", request.url)
-    return match.group(1) if match else None

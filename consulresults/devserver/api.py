@@ -45,6 +45,7 @@ from .wire import (
 VERSION = "1.22.0"
 DEFAULT_QUERY_TIME_NS = 300 * 1_000_000_000
 MAX_QUERY_TIME_NS = 600 * 1_000_000_000
+GZIP_MIN_SIZE = 1400  # the gziphandler default Consul uses
 NOT_V1 = "Invalid URL path: if attempting to use the HTTP API, ensure the path starts with '/v1/'\n"
 NOT_FOUND = "Invalid URL path: not a recognized HTTP API endpoint\n"
 KV_SIZE_HINT = (
@@ -175,7 +176,7 @@ class ConsulApi:
             return self._finish(text_response(404, NOT_FOUND if "/v1/" in path else NOT_V1))
         multi = len(route.methods) > 1
         self.counters.incr(f"{route.name}.{request.method.lower()}" if multi else route.name)
-        return self._finish(await self._handle(request, route, path))
+        return _gzipped(request, self._finish(await self._handle(request, route, path)))
 
     def _count_connection(self, request: web.Request) -> None:
         transport = request.transport
@@ -680,6 +681,16 @@ def _txn_failure(errors: list[tuple[int, str]]) -> web.Response:
         {"Results": None, "Errors": [{"OpIndex": i, "What": what} for i, what in errors]},
         status=409,
     )
+
+
+def _gzipped(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """Compressed as Consul's API compresses: gzip when the client accepts it and the body is at
+    least GZIP_MIN_SIZE bytes."""
+    body = getattr(response, "body", None)
+    accepted = "gzip" in request.headers.get("Accept-Encoding", "")
+    if accepted and isinstance(body, bytes) and len(body) >= GZIP_MIN_SIZE:
+        response.enable_compression(web.ContentCoding.gzip)
+    return response
 
 
 def _clean_path(path: str) -> str:
