@@ -79,3 +79,11 @@ def test_unexpected_answers_are_python_consul2_exceptions(consul_server, consul_
     with pytest.raises(PermissionDenied) as denied:
         transport.request("GET", f"/v1/kv/{consul_prefix}x")
     assert isinstance(denied.value, consul.base.ACLPermissionDenied)
+
+
+def test_an_ipv6_agent(consul_dev_server_factory):
+    server = consul_dev_server_factory(host="::1")
+    assert server.address == f"[::1]:{server.port}"
+    transport = transport_to(server)
+    assert transport.base_uri == f"http://[::1]:{server.port}"
+    assert transport.request("GET", "/v1/status/leader").status == 200

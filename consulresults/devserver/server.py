@@ -92,8 +92,9 @@ class DevServer:
 
     @property
     def address(self) -> str:
-        """``host:port``, the form CONSUL_HTTP_ADDR takes."""
-        return f"{self.host}:{self.port}"
+        """``host:port`` (``[v6]:port``), the form CONSUL_HTTP_ADDR takes."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
     @property
     def url(self) -> str:
