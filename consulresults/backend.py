@@ -34,6 +34,7 @@ from celery.utils.time import get_exponential_backoff_interval
 from kombu.utils.encoding import bytes_to_str, str_to_bytes
 from kombu.utils.objects import cached_property
 
+from . import compat  # noqa: F401 -- Celery finds a stored exception's class in sys.modules
 from .celery_chords import ChordMixin
 from .chords import ChordStore
 from .client import ConsulClient

@@ -17,19 +17,17 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import select
 import socket
 import ssl
 import threading
-import weakref
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
-from . import __version__
+from . import __version__, forks
 from .settings import ConsulSettings, SettingsError
 
 POOL_SIZE = 32
@@ -46,6 +44,9 @@ class ConsulError(Exception):
         super().__init__(f"{status} {text}")
         self.status = status
         self.text = text
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.status, self.text)  # pickled as built, not as its message
 
     @property
     def transient(self) -> bool:
@@ -177,7 +178,8 @@ def tls_context(settings: ConsulSettings) -> ssl.SSLContext | None:
         context.verify_mode = ssl.CERT_NONE
     if settings.client_cert:
         try:
-            context.load_cert_chain(settings.client_cert, settings.client_key)
+            # an empty pass phrase: OpenSSL would otherwise ask for one on the terminal and wait
+            context.load_cert_chain(settings.client_cert, settings.client_key, lambda: b"")
         except OSError as exc:  # ssl.SSLError is one
             key = f" with key {settings.client_key}" if settings.client_key else ""
             raise SettingsError(
@@ -221,11 +223,9 @@ class _Pool:
         self._host, self._port = settings.host, settings.port
         self._server_name = settings.tls_server_name or settings.host
         self.reset()
-        _POOLS.add(self)
+        forks.reset_in_forked_child(self)  # the idle sockets would be the parent's
 
     def reset(self) -> None:
-        """Start empty. Run in a forked child too: the idle sockets are its parent's, and the
-        lock may have been held by a parent's thread that does not exist in the child."""
         self._idle: list[_Connection] = []
         self._lock = threading.Lock()
 
@@ -246,19 +246,10 @@ class _Pool:
         connection.close()
 
 
-_POOLS: weakref.WeakSet[_Pool] = weakref.WeakSet()
-
-
-def _forget_parents_connections() -> None:
-    for pool in list(_POOLS):
-        pool.reset()
-
-
-os.register_at_fork(after_in_child=_forget_parents_connections)
-
-
-def _reason(exc: OSError) -> str:
+def _reason(exc: BaseException) -> str:
     """A failure to get an answer, in a few words."""
+    if isinstance(exc, zlib.error):
+        return "a garbled compressed answer"
     text = str(exc).lower()
     for known, reason in (
         ("certificate required", "Consul requires a client certificate"),
@@ -317,9 +308,9 @@ class Transport:
                 f"Consul at {self.base_uri} did not answer {method} {path} within {timeout:g} s "
                 "(if it is just slow, raise the backend's timeout option, e.g. ?timeout=30)"
             ) from exc
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, http.client.HTTPException, zlib.error) as exc:
             failure = ConsulTLSError if isinstance(exc, ssl.SSLError) else ConsulUnreachable
-            reason = _reason(exc) if isinstance(exc, OSError) else type(exc).__name__
+            reason = _reason(exc)
             raise compatible(failure)(
                 f"cannot reach Consul at {self.base_uri} ({method} {path}): {reason}",
                 self.base_uri,

@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, cast
 
+from . import forks
 from .connection import Transport, is_transient
 from .retry import RetryPolicy
 
@@ -145,26 +146,29 @@ class SessionPool:
 
     def __init__(self, transport: Transport, prefix: str) -> None:
         self._transport = transport
-        self._lock = threading.Lock()
-        self._sessions: dict[tuple[int, bool], tuple[str, float, int]] = {}
         self.prefix = prefix
+        self.reset()
+        forks.reset_in_forked_child(self)  # sessions are never shared between processes
+
+    def reset(self) -> None:
+        self._lock = threading.Lock()  # held across a request: a fork may catch it held
+        self._sessions: dict[tuple[int, bool], tuple[str, float]] = {}
 
     def get(self, plan: ExpiryPlan) -> str | None:
-        """The session to write under now (None: the plan needs none). A forked child makes
-        its own, so sessions are never shared between processes."""
+        """The session to write under now (None: the plan needs none)."""
         if plan.session_ttl is None:
             return None
         kind = (plan.session_ttl, plan.renewed)
         with self._lock:
             found = self._sessions.get(kind)
             now = time.monotonic()
-            if found and found[2] == os.getpid() and now - found[1] < plan.window:
+            if found and now - found[1] < plan.window:
                 return found[0]
             # a write sent at the window's end may take a connect and a read timeout to land
             landed = plan.window + 2 * self._transport.timeout
             name = session_name(self.prefix, until=time.time() + landed)
             session_id = create_session(self._transport, name, plan.session_ttl)
-            self._sessions[kind] = (session_id, now, os.getpid())
+            self._sessions[kind] = (session_id, now)
         if plan.renewed:
             self._renew_later(session_id, landed)
         return session_id
@@ -172,13 +176,11 @@ class SessionPool:
     def _renew_later(self, session_id: str, delay: float) -> None:
         timer = threading.Timer(delay, self._renew_due, (session_id,))
         timer.daemon = True
-        with _pending_lock:
-            _pending[session_id] = (os.getpid(), timer, self)
+        _pending.add(session_id, timer, self)
         timer.start()
 
     def _renew_due(self, session_id: str) -> None:
-        with _pending_lock:
-            _pending.pop(session_id, None)
+        _pending.take(session_id)
         self._renew(session_id)
 
     def _renew(
@@ -207,8 +209,30 @@ class SessionPool:
                     del self._sessions[kind]
 
 
-_pending_lock = threading.Lock()
-_pending: dict[str, tuple[int, threading.Timer, SessionPool]] = {}
+class _PendingRenewals:
+    """The sessions this process is to renew when their window closes, each with its timer.
+    A forked child starts with none: the timers did not follow it."""
+
+    def __init__(self) -> None:
+        self.reset()
+        forks.reset_in_forked_child(self)
+
+    def reset(self) -> None:
+        self._lock = threading.Lock()
+        self._timers: dict[str, tuple[threading.Timer, SessionPool]] = {}
+
+    def add(self, session_id: str, timer: threading.Timer, pool: SessionPool) -> None:
+        with self._lock:
+            self._timers[session_id] = (timer, pool)
+
+    def take(self, session_id: str | None = None) -> list[tuple[str, threading.Timer, SessionPool]]:
+        """Remove and return one session's entry, or (``None``) all of them."""
+        with self._lock:
+            ids = list(self._timers) if session_id is None else [session_id]
+            return [(sid, *self._timers.pop(sid)) for sid in ids if sid in self._timers]
+
+
+_pending = _PendingRenewals()
 
 
 def renew_pending() -> None:
@@ -216,11 +240,7 @@ def renew_pending() -> None:
     that stops writes nothing more, so renewing early keeps the promise (what it wrote lives a
     TTL from now), where the timer would die with the process. Runs at exit, and on Celery's
     ``worker_process_shutdown`` (prefork children leave without running ``atexit``)."""
-    with _pending_lock:
-        mine = [(sid, entry) for sid, entry in _pending.items() if entry[0] == os.getpid()]
-        for sid, _ in mine:
-            del _pending[sid]
-    for sid, (_, timer, pool) in mine:
+    for sid, timer, pool in _pending.take():
         timer.cancel()
         pool._renew(sid, patience=0.0, timeout=EXIT_TIMEOUT)
 

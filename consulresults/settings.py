@@ -12,6 +12,7 @@ surprise cannot happen. Errors are one line and never contain the token.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -146,8 +147,8 @@ def parse_seconds(value: object, source: str) -> float:
         seconds = float(cast(Any, value))  # anything: float() is the check
     except (TypeError, ValueError):
         raise SettingsError(f"{source}: expected a number of seconds, not {value!r}") from None
-    if seconds <= 0:
-        raise SettingsError(f"{source}: must be more than 0 seconds, not {value!r}")
+    if not seconds > 0 or math.isinf(seconds):  # NaN is not > 0
+        raise SettingsError(f"{source}: must be more than 0 seconds and finite, not {value!r}")
     return seconds
 
 

@@ -513,3 +513,55 @@ def test_fork_safe_connections(make_app, consul_server):
     backend.store_result("parent-again", 2, states.SUCCESS)
     assert backend.get_task_meta("parent-again", cache=False)["result"] == 2
     assert consul_server.counters()["connections"] == 1  # the child's
+
+
+def test_a_child_forked_while_a_session_is_being_created_still_writes(make_app, consul_server):
+    """A thread of the parent holds the session pool's lock across a slow session create when
+    the fork happens: the child must not inherit that lock held (it would wait for ever)."""
+    import os
+    import threading
+
+    backend = make_app().backend
+    consul_server.faults.delay(2.0, count=1, path_prefix="/v1/session/create")
+    writer = threading.Thread(target=backend.store_result, args=("parent", 1, states.SUCCESS))
+    writer.start()
+    time.sleep(0.5)  # the writer is inside the session create
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            backend.store_result("child", 2, states.SUCCESS)
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 30
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    writer.join()
+    assert done == (pid, 0), "the forked child hung or failed"
+    assert backend.get_task_meta("child", cache=False)["result"] == 2
+
+
+def test_a_stored_failure_of_ours_is_rebuilt_as_itself(make_app, consul_server, consul_prefix):
+    """Celery's json serializer rebuilds a stored exception from its module in sys.modules: in
+    a fresh reader, a task's ConsulUnreachable comes back as one, and as requests' error."""
+    import subprocess
+    import sys
+
+    backend = make_app().backend
+    failure = compatible(ConsulUnreachable)("no answer", "http://h:8500", "connection refused")
+    backend.store_result("down", failure, states.FAILURE)
+    probe = (
+        "import requests\n"
+        "from celery import Celery\n"
+        "from consulresults.connection import ConsulUnreachable\n"
+        f"app = Celery('p', backend={backend_url(consul_server, consul_prefix)!r})\n"
+        f"app.conf.consulresults_token = {consul_server.token!r}\n"
+        "exc = app.AsyncResult('down').result\n"
+        "print(isinstance(exc, ConsulUnreachable), isinstance(exc, requests.ConnectionError))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert run.stdout.split() == ["True", "True"], run.stderr

@@ -3,6 +3,8 @@ failures raised as our exceptions that are also the ones Celery's built-in backe
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import consul.base
 import pytest
 import requests
@@ -87,3 +89,69 @@ def test_an_ipv6_agent(consul_dev_server_factory):
     transport = transport_to(server)
     assert transport.base_uri == f"http://[::1]:{server.port}"
     assert transport.request("GET", "/v1/status/leader").status == 200
+
+
+def test_failures_pickle_as_they_were_raised():
+    """Celery pickles exceptions (the pickle serializer, billiard's queues): status, text,
+    reason and both class families survive."""
+    import pickle
+
+    from consulresults.connection import compatible
+
+    for failure in (
+        compatible(ConsulError)(500, "No cluster leader"),
+        compatible(PermissionDenied)(403, "Permission denied"),
+        compatible(ConsulUnreachable)("no answer", "http://h:8500", "connection refused"),
+    ):
+        copy = pickle.loads(pickle.dumps(failure))
+        assert (type(copy), copy.args, vars(copy)) == (type(failure), failure.args, vars(failure))
+        assert str(copy) == str(failure)
+
+
+def test_a_garbled_compressed_answer_is_a_failure_to_reach_consul():
+    """A proxy (or a broken agent) answering gzip that is not: one line, retried as transient."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Garbled(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", "9")
+            self.end_headers()
+            self.wfile.write(b"not gzip!")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Garbled)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        transport = connect(resolve(f"consulresults://127.0.0.1:{server.server_port}/", {}))
+        with pytest.raises(ConsulUnreachable) as failure:
+            transport.request("GET", "/v1/status/leader")
+        assert failure.value.reason == "a garbled compressed answer"
+    finally:
+        server.shutdown()
+
+
+def test_an_encrypted_client_key_is_refused_at_once(tmp_path):
+    """OpenSSL would ask for the pass phrase on a terminal and wait there."""
+    from certs import make_ca_and_certs
+    from cryptography.hazmat.primitives import serialization
+
+    from consulresults.settings import SettingsError
+
+    certs = make_ca_and_certs(tmp_path)
+    key = serialization.load_pem_private_key(Path(certs.client_key).read_bytes(), None)
+    encrypted = tmp_path / "encrypted-key.pem"
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"pass phrase"),
+        )
+    )
+    options = {"client_cert": certs.client_cert, "client_key": str(encrypted)}
+    with pytest.raises(SettingsError, match="its unencrypted key"):
+        connect(resolve("consulresults://127.0.0.1:8501/?scheme=https", options))

@@ -94,6 +94,8 @@ def test_token_never_in_repr_or_redacted_url():
         ("consulresults://h/p?colour=red", "unknown option 'colour'"),
         ("consulresults://h/p?consistency=eventual", "must be one of default, consistent, stale"),
         ("consulresults://h/p?timeout=-1", "must be more than 0 seconds"),
+        ("consulresults://h/p?timeout=inf", "must be more than 0 seconds and finite"),
+        ("consulresults://h/p?timeout=nan", "must be more than 0 seconds and finite"),
         ("consulresults://h/p?verify=maybe", "expected true or false"),
         ("consulresults://h/a/../b", "no empty, '.' or '..' path segments"),
         ("consulresults://h/a//b", "no empty, '.' or '..' path segments"),

@@ -47,6 +47,10 @@ def _run(app: typer.Typer, argv: list[str]) -> tuple[int, str]:
         ["a", "--count", "1_000"],
         ["a", "--ratio", "many"],
         ["a", "--wait", "-1"],
+        ["a", "--count", "\uff11\uff12"],  # fullwidth digits
+        ["a", "--ratio", "\u0661.\u0665"],  # Arabic-Indic digits
+        ["a", "--count", "9" * 5000],  # longer than int() takes
+        ["a", "--count", "0" * 150 + "7"],
         [],
     ],
 )

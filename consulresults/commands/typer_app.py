@@ -18,9 +18,11 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup
 if TYPE_CHECKING:
     from typer.models import CommandFunctionType
 
+# ASCII digits only (Typer refuses fullwidth or Arabic-Indic ones), and ints short enough
+# for int() to take (it refuses over 4,300 digits)
 _NUMBER = {
-    int: re.compile(r"[+-]?\d+"),
-    float: re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?"),
+    int: re.compile(r"[+-]?[0-9]{1,100}"),
+    float: re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?"),
 }
 # values that are already what they should be (a float option's default of 30 becomes 30.0)
 _ALREADY = {str: (str,), int: (int,), float: (int, float), bool: (bool,)}
