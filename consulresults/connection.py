@@ -255,7 +255,6 @@ def _reason(exc: BaseException) -> str:
         ("certificate required", "Consul requires a client certificate"),
         ("certificate verify failed", "certificate verify failed"),
         ("without response", "closed without an answer"),
-        ("name or service not known", "name or service not known"),
         ("no route to host", "no route to host"),
     ):
         if known in text:

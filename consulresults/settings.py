@@ -147,7 +147,7 @@ def parse_seconds(value: object, source: str) -> float:
         seconds = float(cast(Any, value))  # anything: float() is the check
     except (TypeError, ValueError):
         raise SettingsError(f"{source}: expected a number of seconds, not {value!r}") from None
-    if not seconds > 0 or math.isinf(seconds):  # NaN is not > 0
+    if not 0 < seconds < math.inf:  # NaN compares false
         raise SettingsError(f"{source}: must be more than 0 seconds and finite, not {value!r}")
     return seconds
 
