@@ -15,6 +15,7 @@ The reduced forms run in CI; ``scripts/test -m slow tests/test_load.py`` runs th
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import threading
 import time
@@ -97,6 +98,22 @@ def _chord_parts_process(url, token, key, threads, barrier, out):
     out.put({"errors": errors, "counts": counts})
 
 
+@contextlib.contextmanager
+def _connections_per_client(server, limit: int):
+    """Raise the dev server's limit on concurrent connections per client IP (Consul's default is
+    200, shared by every process on 127.0.0.1) for the test's duration. A real agent needs its
+    limits.http_max_conns_per_client raised the same way."""
+    if not server.is_dev_server:
+        yield
+        return
+    before = server.connection_stats()["limit"]
+    server.set_http_max_conns_per_client(limit)
+    try:
+        yield
+    finally:
+        server.set_http_max_conns_per_client(before)
+
+
 def _run_processes(target, args_for, procs: int, parties: int) -> list[dict]:
     barrier, out = SPAWN.Barrier(parties), SPAWN.Queue()
     children = [
@@ -160,12 +177,15 @@ def test_two_hundred_chord_parts_finishing_at_once_count_exactly_once(
     procs, threads = 4, 50
     url = backend_url(consul_server, consul_prefix)
     key = make_app().backend.get_key_for_chord(f"at-once-{uuid.uuid4().hex}")
-    reports = _run_processes(
-        _chord_parts_process,
-        lambda p: (url, consul_server.token, key, threads),
-        procs,
-        procs * threads,
-    )
+    # 200 threads each on its own connection at the same instant, with this process's own
+    # connections besides: more than Consul's default of 200 from 127.0.0.1
+    with _connections_per_client(consul_server, 400):
+        reports = _run_processes(
+            _chord_parts_process,
+            lambda p: (url, consul_server.token, key, threads),
+            procs,
+            procs * threads,
+        )
     errors = [e for r in reports for e in r["errors"]]
     assert not errors, errors[0]
     counts = sorted(c for r in reports for c in r["counts"])

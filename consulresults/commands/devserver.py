@@ -92,6 +92,16 @@ KvMaxValueSize = Annotated[
     typer.Option(metavar="BYTES", help="Largest KV value in bytes (Consul's kv_max_value_size)."),
 ]
 
+HttpMaxConnsPerClient = Annotated[
+    int,
+    typer.Option(
+        metavar="N",
+        min=0,
+        help="Concurrent HTTP connections allowed per client IP, more are refused with a 429 "
+        "(Consul's limits.http_max_conns_per_client); 0 for no limit.",
+    ),
+]
+
 FaultErrorFraction = Annotated[
     float,
     typer.Option(
@@ -138,6 +148,7 @@ def dev_server(
     tls_key: TlsKey = None,
     tls_ca: TlsCa = None,
     kv_max_value_size: KvMaxValueSize = 524_288,
+    http_max_conns_per_client: HttpMaxConnsPerClient = 200,
     fault_error_fraction: FaultErrorFraction = 0.0,
     fault_status: FaultStatus = 500,
     fault_body: FaultBody = "No cluster leader",

@@ -2,8 +2,8 @@
 
 Handlers parse and validate the request in Consul's order, check ACLs, call the :class:`Store`
 and render with :mod:`.wire`. Requests are counted per endpoint and pass through fault injection
-before they reach a handler. The ``/_dev/`` control endpoints (counters, faults, node health) are
-the dev server's own and are neither counted nor faulted.
+before they reach a handler. The ``/_dev/`` control endpoints (counters, faults, node health,
+connections) are the dev server's own and are neither counted nor faulted.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from .acl import AclConfig, AclNotFound, Authorizer, PermissionDenied
+from .connlimit import ConnectionLimiter
 from .faults import FaultInjector, FaultRule
 from .store import Entry, Session, Store, StoreError, TxnOp
 from .wire import (
@@ -135,12 +136,18 @@ class ConsulApi:
     """The aiohttp application for one dev server."""
 
     def __init__(
-        self, store: Store, config: ServerConfig, faults: FaultInjector, counters: Counters
+        self,
+        store: Store,
+        config: ServerConfig,
+        faults: FaultInjector,
+        counters: Counters,
+        connections: ConnectionLimiter | None = None,
     ) -> None:
         self.store = store
         self.config = config
         self.faults = faults
         self.counters = counters
+        self.connections = connections or ConnectionLimiter()
         self._changed = asyncio.Event()
         self._seen_transports: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
         store.on_change = self._notify
@@ -617,6 +624,7 @@ class ConsulApi:
                 "ACLsEnabled": cfg.acl.enabled,
                 "ACLResolverSettings": {"ACLDefaultPolicy": cfg.acl.default_policy},
                 "SessionTTLMin": f"{self.store.session_ttl_min_ns / 1e9:g}s",
+                "HTTPMaxConnsPerClient": self.connections.limit,
             },
             "Coord": {"Vec": [0.0] * 8, "Error": 1.5, "Adjustment": 0.0, "Height": 1e-05},
             "Member": {
@@ -671,6 +679,12 @@ class ConsulApi:
             if path == "/_dev/node-health" and method == "PUT":
                 self.store.set_node_health(request.query.get("healthy", "true") == "true")
                 return json_response(self.store.node_healthy)
+            if path == "/_dev/connections":
+                if method == "PUT" and "limit" in request.query:
+                    self.connections.limit = int(request.query["limit"])
+                elif method == "DELETE":
+                    self.connections.reset_stats()
+                return json_response(self.connections.stats())
         except (TypeError, ValueError) as exc:
             return text_response(400, f"bad control request: {exc}")
         return text_response(404, "unknown control endpoint\n")

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from .acl import AclConfig
 from .api import VERSION, ConsulApi, Counters, ServerConfig
+from .connlimit import DEFAULT_LIMIT, ConnectionLimiter, listen
 from .durations import parse_go_duration
 from .faults import FaultInjector, FaultRule
 from .persistence import DataDir
@@ -37,6 +38,8 @@ class DevServer:
 
     ``port=0`` picks a free port. ``session_ttl_min`` and ``session_ttl_multiplier`` let tests
     shorten TTL expiry (Consul's defaults are ``10s`` and 2). ``faults`` injects failures.
+    ``http_max_conns_per_client`` limits concurrent connections per client IP as Consul does
+    (default 200, 0 for no limit); :meth:`connection_stats` shows them.
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class DevServer:
         fault_seed: int | None = None,
         control: bool = True,
         consul_version: str = VERSION,
+        http_max_conns_per_client: int = DEFAULT_LIMIT,
     ) -> None:
         self.host = host
         self.port = port
@@ -77,6 +81,7 @@ class DevServer:
         self.ssl_context = _server_ssl_context(tls_cert, tls_key, tls_ca)
         self.faults = FaultInjector(seed=fault_seed)
         self._counters = Counters()
+        self.connections = ConnectionLimiter(http_max_conns_per_client)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -115,7 +120,7 @@ class DevServer:
         if self.data_dir is not None:
             self._data = DataDir(self.data_dir)
             self._data.open(self.store)
-        api = ConsulApi(self.store, self.config, self.faults, self._counters)
+        api = ConsulApi(self.store, self.config, self.faults, self._counters, self.connections)
         self._runner = web.AppRunner(
             api.make_app(),
             access_log=None,
@@ -125,9 +130,10 @@ class DevServer:
             max_field_size=MAX_HEADER_BYTES,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
         try:
-            await site.start()
+            # bound here rather than by aiohttp, so that connections are counted as accepted
+            for sock in await listen(self.host, self.port, self.connections):
+                await web.SockSite(self._runner, sock, ssl_context=self.ssl_context).start()
         except OSError:
             await self._runner.cleanup()
             raise
@@ -211,6 +217,20 @@ class DevServer:
 
     def reset_counters(self) -> None:
         self._counters.reset()
+
+    def connection_stats(self) -> dict[str, Any]:
+        """Connections per client IP: ``{"limit": N, "open": {ip: n}, "peak": {ip: n},
+        "refused": {ip: n}}`` (open now, most open at once, refused with the 429), since start or
+        the last :meth:`reset_connection_stats`. Safe to call from any thread."""
+        return self.connections.stats()
+
+    def reset_connection_stats(self) -> None:
+        """Forget the refusals and start the peaks again from the connections open now."""
+        self.connections.reset_stats()
+
+    def set_http_max_conns_per_client(self, limit: int) -> None:
+        """Change the limit (0: none) for connections accepted from now on."""
+        self.connections.limit = limit
 
     def set_node_health(self, healthy: bool) -> None:
         """Turn the node's serfHealth check critical (invalidating sessions that watch it)."""
@@ -303,7 +323,8 @@ class ControlClient:
 class DevServerProcess:
     """``consul-results dev-server`` as a child process, for tests that kill and restart it.
 
-    Same handle shape as :class:`DevServer` (``url``, ``address``, ``faults``, ``counters()``).
+    Same handle shape as :class:`DevServer` (``url``, ``address``, ``faults``, ``counters()``,
+    ``connection_stats()``).
     A restart reuses the port and the ``--data-dir``, like an agent restarted in place.
     """
 
@@ -358,6 +379,16 @@ class DevServerProcess:
 
     def set_node_health(self, healthy: bool) -> None:
         self.control.request("PUT", f"/_dev/node-health?healthy={str(healthy).lower()}")
+
+    def connection_stats(self) -> dict[str, Any]:
+        """As :meth:`DevServer.connection_stats`; the request asking is one of the open ones."""
+        return cast("dict[str, Any]", self.control.request("GET", "/_dev/connections"))
+
+    def reset_connection_stats(self) -> None:
+        self.control.request("DELETE", "/_dev/connections")
+
+    def set_http_max_conns_per_client(self, limit: int) -> None:
+        self.control.request("PUT", f"/_dev/connections?limit={limit}")
 
     def kill(self) -> None:
         """SIGKILL: no snapshot, no goodbye — what a crash or OOM kill does."""
