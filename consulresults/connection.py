@@ -15,12 +15,15 @@ is imported only when a failure is raised.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import random
 import select
 import socket
 import ssl
 import threading
+import time
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -28,9 +31,13 @@ from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
 from . import __version__, forks
+from .background import BACKGROUND, Timer
 from .settings import ConsulSettings, SettingsError
 
-POOL_SIZE = 32
+MAX_AGE = 30.0
+PRESSURE_COOLDOWN = 10.0
+PUSHBACK_TEXT = "Your IP is issuing too many concurrent connections"
+PUSHBACK_BACKOFF = (0.02, 1.0)  # full jitter: the first retry within 40 ms, none over 1 s apart
 USER_AGENT = f"consul-results/{__version__}"
 _CONSISTENT_READS = ("/v1/kv/", "/v1/session/info/", "/v1/session/list")
 _E = TypeVar("_E", bound=BaseException)
@@ -200,11 +207,19 @@ class _Connection(http.client.HTTPConnection):
         super().__init__(host, port)
         self._context = context
         self._server_name = server_name
+        self.born = time.monotonic()
+        self.answered = False  # an answer came on it: a reset is no longer the agent's refusal
+        self.secured = False  # its TLS handshake completed
+
+    @property
+    def tls(self) -> bool:
+        return self._context is not None
 
     def connect(self) -> None:
         super().connect()
         if self._context is not None:
             self.sock = self._context.wrap_socket(self.sock, server_hostname=self._server_name)
+            self.secured = True
 
     def dropped(self) -> bool:
         """Closed by the server while idle: a readable idle socket has only EOF to read."""
@@ -215,35 +230,220 @@ class _Connection(http.client.HTTPConnection):
         return bool(poller.poll(0))
 
 
+class PoolExhausted(TimeoutError):
+    """No connection of the budget came free within the request's timeout."""
+
+
 class _Pool:
-    """Idle connections of this process, the most recently used first."""
+    """The connection budget of this process for one agent: at most ``max_connections`` open
+    (in use or idle), shared by every transport built with the same address, TLS and budget.
+
+    - A request past the budget waits for a connection to come free, within its timeout.
+    - Long requests (blocking reads) may hold all connections but one, so stores, renewals and
+      short reads always have one.
+    - Idle connections are closed after ``idle_timeout`` (by the background thread), and any
+      connection older than ``MAX_AGE`` when it is given back, so a busy process gives its
+      slots back now and then and an idle one holds none.
+    - After the agent refused a connection (back-pressure), the budget is halved for
+      ``PRESSURE_COOLDOWN`` seconds and connections are closed as soon as they are idle.
+    """
 
     def __init__(self, settings: ConsulSettings) -> None:
         self._context = tls_context(settings)
         self._host, self._port = settings.host, settings.port
         self._server_name = settings.tls_server_name or settings.host
+        self.limit = settings.max_connections
+        self.idle_timeout = settings.idle_timeout
         self.reset()
         forks.reset_in_forked_child(self)  # the idle sockets would be the parent's
 
     def reset(self) -> None:
-        self._idle: list[_Connection] = []
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._idle: list[tuple[_Connection, float]] = []  # (connection, when it became idle)
+        self._open = 0  # in use or idle
+        self._long = 0  # in use by long requests
+        self.peak = 0
+        self._cap = self.limit
+        self._calm_at = 0.0  # when a cap lowered by back-pressure is restored
+        self._reaper: Timer | None = None
 
-    def take(self) -> _Connection:
-        with self._lock:
-            while self._idle:
-                connection = self._idle.pop()
-                if not connection.dropped():
+    def take(self, long: bool, deadline: float) -> _Connection:
+        """A connection (idle, or new and not yet connected), waiting for one until
+        ``deadline`` (monotonic) if the budget is spent."""
+        with self._cond:
+            while True:
+                connection = self._grant(long)
+                if connection is not None:
                     return connection
-                connection.close()
-        return _Connection(self._host, self._port, self._context, self._server_name)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise PoolExhausted(
+                        f"all {self._cap} connections of this process's budget stayed busy"
+                    )
+                self._cond.wait(left)
 
-    def give_back(self, connection: _Connection) -> None:
-        with self._lock:
-            if len(self._idle) < POOL_SIZE:
-                self._idle.append(connection)
-                return
+    def _grant(self, long: bool) -> _Connection | None:
+        now = time.monotonic()
+        if now >= self._calm_at:
+            self._cap = self.limit
+        if long and self._long >= self._cap - 1:
+            return None
+        connection = self._reuse()
+        if connection is None and self._open < self._cap:
+            self._open += 1
+            self.peak = max(self.peak, self._open)
+            connection = _Connection(self._host, self._port, self._context, self._server_name)
+        if connection is not None and long:
+            self._long += 1
+        return connection
+
+    def _reuse(self) -> _Connection | None:
+        while self._idle:
+            connection, _ = self._idle.pop()
+            if not connection.dropped():
+                return connection
+            self._close(connection)
+        return None
+
+    def give_back(self, connection: _Connection, long: bool) -> None:
+        """A connection whose answer was read in full: kept idle, or closed if it is too old,
+        the agent is pushing back, or the budget shrank meanwhile."""
+        with self._cond:
+            self._long -= long
+            now = time.monotonic()
+            keep = now - connection.born < MAX_AGE and now >= self._calm_at
+            if keep and self._open <= self._cap:
+                self._idle.append((connection, now))
+                self._schedule_reaper(self.idle_timeout)
+            else:
+                self._close(connection)
+            self._cond.notify()
+
+    def discard(self, connection: _Connection, long: bool) -> None:
+        """A connection that failed, was interrupted or that the server closes."""
+        with self._cond:
+            self._long -= long
+            self._close(connection)
+            self._cond.notify()
+
+    def pushed_back(self) -> None:
+        """The agent refused a connection: use fewer for a while, and give idle ones back."""
+        with self._cond:
+            self._cap = max(min(2, self.limit), self._cap // 2)
+            self._calm_at = time.monotonic() + PRESSURE_COOLDOWN
+            while self._idle:
+                self._close(self._idle.pop()[0])
+
+    def stats(self) -> dict[str, int]:
+        """Open, idle and long-held connections, the budget now and at most, and the peak."""
+        with self._cond:
+            return {
+                "open": self._open,
+                "idle": len(self._idle),
+                "long": self._long,
+                "cap": self._cap,
+                "limit": self.limit,
+                "peak": self.peak,
+            }
+
+    def _close(self, connection: _Connection) -> None:
         connection.close()
+        self._open -= 1
+
+    def _schedule_reaper(self, delay: float) -> None:
+        if self._reaper is None:
+            self._reaper = BACKGROUND.call_later(delay, self._reap)
+
+    def _reap(self) -> None:
+        """Close the connections idle for ``idle_timeout``; come back for the rest."""
+        with self._cond:
+            self._reaper = None
+            expiry = time.monotonic() - self.idle_timeout
+            expired = [entry for entry in self._idle if entry[1] <= expiry]
+            self._idle = [entry for entry in self._idle if entry[1] > expiry]
+            for connection, _ in expired:
+                self._close(connection)
+            if self._idle:
+                self._schedule_reaper(self._idle[0][1] - expiry)
+            self._cond.notify_all()
+
+
+_POOLS: dict[tuple[Any, ...], _Pool] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def pool_for(settings: ConsulSettings) -> _Pool:
+    """The process's pool for this agent, TLS set-up and budget (made on first use)."""
+    key = (
+        settings.scheme,
+        settings.host,
+        settings.port,
+        settings.ca_file,
+        settings.client_cert,
+        settings.client_key,
+        settings.tls_server_name,
+        settings.verify,
+        settings.max_connections,
+        settings.idle_timeout,
+    )
+    with _POOLS_LOCK:
+        pool = _POOLS.get(key)
+        if pool is None:
+            pool = _POOLS[key] = _Pool(settings)
+        return pool
+
+
+class BackPressure(Exception):
+    """The agent refused a new connection: this client IP is over the agent's limit of
+    concurrent connections (``limits.http_max_conns_per_client``). Nothing was applied."""
+
+
+class Interrupted(Exception):
+    """A long request was cut short on purpose (:class:`Interrupt`)."""
+
+
+class Interrupt:
+    """Lets another thread cut a long request short (the waiting service's blocking read, when
+    a new waiter needs a round now): its socket is shut down, so the read ends at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._connection: _Connection | None = None
+        self.fired = False
+
+    def attach(self, connection: _Connection | None) -> None:
+        with self._lock:
+            self._connection = connection
+            if connection is not None and self.fired:
+                self._shut(connection)
+
+    def fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            if self._connection is not None:
+                self._shut(self._connection)
+
+    @staticmethod
+    def _shut(connection: _Connection) -> None:
+        if connection.sock is not None:
+            with contextlib.suppress(OSError):  # already closed
+                connection.sock.shutdown(socket.SHUT_RDWR)
+
+
+def _refused_at_accept(connection: _Connection, exc: BaseException) -> bool:
+    """Whether a failure is the agent refusing the connection as it accepted it (it writes its
+    plain-text 429 and closes, before reading anything): a fresh connection reset or closed
+    before any answer or, over TLS, a handshake that failed for any reason but a certificate
+    (the 429's text came where a TLS record was expected). A TLS connection closed after its
+    handshake is something else: an agent that wants a client certificate does that."""
+    if connection.answered or isinstance(exc, ssl.SSLCertVerificationError):
+        return False
+    if connection.tls:
+        if connection.secured:
+            return False
+        if isinstance(exc, ssl.SSLError):
+            return "CERTIFICATE" not in str(exc.reason or "").upper()
+    return isinstance(exc, (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected))
 
 
 def _reason(exc: BaseException) -> str:
@@ -268,6 +468,18 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+@dataclass(frozen=True)
+class _Request:
+    method: str
+    path: str
+    target: str  # the path, quoted, with its query
+    body: bytes | None
+    headers: dict[str, str]
+    timeout: float
+    long: bool
+    interrupt: Interrupt | None
+
+
 class Transport:
     """Consul's HTTP API: the token, datacenter and read consistency on every request, answers
     decoded, and the failures raised as this module's exceptions."""
@@ -277,9 +489,12 @@ class Transport:
         self.base_uri = settings.base_url
         self.timeout = settings.timeout
         self.consistency = settings.consistency
+        self.backpressure_patience = settings.backpressure_patience
         self._token = token
         self._datacenter = settings.datacenter
-        self._pool = _Pool(settings)
+        self.pool = pool_for(settings)
+        # transports that may answer for each other (the waiting service batches their keys)
+        self.identity = (id(self.pool), token, settings.datacenter)
 
     def send(
         self,
@@ -289,23 +504,58 @@ class Transport:
         data: str | bytes | None = None,
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        long: bool = False,
+        interrupt: Interrupt | None = None,
     ) -> Answer:
-        """One request as given (python-consul2's calls come through here too)."""
+        """One request as given (python-consul2's calls come through here too). ``long`` marks a
+        blocking read, which may not take the budget's last connection.
+
+        When the agent refuses the connection (over its per-client-IP limit), nothing was
+        applied: the request is sent again after a full-jitter back-off, for up to
+        ``backpressure_patience`` seconds, whatever the request."""
         headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "gzip", **(headers or {})}
         if self._token:
             headers["X-Consul-Token"] = self._token
         params = list(params or [])
         if self._datacenter and not any(name == "dc" for name, _ in params):
             params.append(("dc", self._datacenter))
-        target = quote(path, safe="/:") + (f"?{urlencode(params)}" if params else "")
-        body = data.encode() if isinstance(data, str) else data
-        timeout = timeout or self.timeout
+        request = _Request(
+            method,
+            path,
+            quote(path, safe="/:") + (f"?{urlencode(params)}" if params else ""),
+            data.encode() if isinstance(data, str) else data,
+            headers,
+            timeout or self.timeout,
+            long,
+            interrupt,
+        )
+        give_up = time.monotonic() + self.backpressure_patience
+        tries = 0
+        while True:
+            try:
+                return self._send_once(request)
+            except BackPressure as exc:
+                tries += 1
+                low, cap = PUSHBACK_BACKOFF
+                delay = random.uniform(0, min(cap, low * 2**tries))
+                if time.monotonic() + delay >= give_up:
+                    raise compatible(ConsulError)(
+                        429,
+                        f"{PUSHBACK_TEXT} (the agent at {self.base_uri} refused connections for "
+                        f"{self.backpressure_patience:g} s: see its limits "
+                        "http_max_conns_per_client, and this process's max_connections)",
+                    ) from exc
+                time.sleep(delay)
+
+    def _send_once(self, request: _Request) -> Answer:
+        method, path, timeout = request.method, request.path, request.timeout
         try:
-            return self._exchange(method, target, body, headers, timeout)
-        except TimeoutError as exc:
+            return self._exchange(request)
+        except TimeoutError as exc:  # PoolExhausted is one
             raise compatible(ConsulTimeout)(
                 f"Consul at {self.base_uri} did not answer {method} {path} within {timeout:g} s "
-                "(if it is just slow, raise the backend's timeout option, e.g. ?timeout=30)"
+                f"({f'{exc}; ' if isinstance(exc, PoolExhausted) else ''}if it is just slow, "
+                "raise the backend's timeout option, e.g. ?timeout=30)"
             ) from exc
         except (OSError, http.client.HTTPException, zlib.error) as exc:
             failure = ConsulTLSError if isinstance(exc, ssl.SSLError) else ConsulUnreachable
@@ -316,24 +566,42 @@ class Transport:
                 reason,
             ) from exc
 
-    def _exchange(
-        self, method: str, target: str, body: bytes | None, headers: dict[str, str], timeout: float
-    ) -> Answer:
-        connection = self._pool.take()
+    def _exchange(self, request: _Request) -> Answer:
+        timeout, long, interrupt = request.timeout, request.long, request.interrupt
+        connection = self.pool.take(long, time.monotonic() + timeout)
         try:
             connection.timeout = timeout
             if connection.sock is not None:
                 connection.sock.settimeout(timeout)
-            connection.request(method, target, body=body, headers=headers)
+            elif interrupt is not None:
+                connection.connect()  # a socket to shut down before the request may block
+            if interrupt is not None:
+                interrupt.attach(connection)
+            connection.request(
+                request.method, request.target, body=request.body, headers=request.headers
+            )
             response = connection.getresponse()
             content = response.read()
-        except BaseException:
-            connection.close()
+        except BaseException as exc:
+            self.pool.discard(connection, long)
+            if interrupt is not None and interrupt.fired:
+                raise Interrupted() from exc
+            if _refused_at_accept(connection, exc):
+                self.pool.pushed_back()
+                raise BackPressure() from exc
             raise
+        finally:
+            if interrupt is not None:
+                interrupt.attach(None)
+        if response.status == 429 and content.startswith(PUSHBACK_TEXT.encode()):
+            self.pool.discard(connection, long)
+            self.pool.pushed_back()
+            raise BackPressure()
+        connection.answered = True
         if response.will_close:
-            connection.close()
+            self.pool.discard(connection, long)
         else:
-            self._pool.give_back(connection)
+            self.pool.give_back(connection, long)
         if response.headers.get("Content-Encoding") == "gzip":
             content = zlib.decompress(content, 16 + zlib.MAX_WBITS)
         return Answer(response.status, response.headers, content)
@@ -346,13 +614,20 @@ class Transport:
         body: object = None,
         timeout: float | None = None,
         expect: tuple[int, ...] = (200,),
+        consistency: str | None = None,
+        long: bool = False,
+        interrupt: Interrupt | None = None,
     ) -> Response:
-        """One request; an answer whose status is not in ``expect`` raises :class:`ConsulError`."""
+        """One request; an answer whose status is not in ``expect`` raises :class:`ConsulError`.
+        Reads use the configured consistency unless ``consistency`` says otherwise."""
         data = None if body is None else json.dumps(body)
         params = list(params or [])
-        if method == "GET" and path.startswith(_CONSISTENT_READS) and self.consistency != "default":
-            params.append((self.consistency, "1"))
-        answer = self.send(method, path, params, data, timeout=timeout)
+        mode = consistency or self.consistency
+        if method == "GET" and path.startswith(_CONSISTENT_READS) and mode != "default":
+            params.append((mode, "1"))
+        answer = self.send(
+            method, path, params, data, timeout=timeout, long=long, interrupt=interrupt
+        )
         try:
             value = json.loads(answer.content) if answer.content else None
         except ValueError:

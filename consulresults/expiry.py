@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from . import forks
+from .background import BACKGROUND, Timer
 from .connection import Transport, is_transient
 from .retry import RetryPolicy
 
@@ -174,10 +175,8 @@ class SessionPool:
         return session_id
 
     def _renew_later(self, session_id: str, delay: float) -> None:
-        timer = threading.Timer(delay, self._renew_due, (session_id,))
-        timer.daemon = True
+        timer = BACKGROUND.call_later(delay, lambda: self._renew_due(session_id))
         _pending.add(session_id, timer, self)
-        timer.start()
 
     def _renew_due(self, session_id: str) -> None:
         _pending.take(session_id)
@@ -219,13 +218,13 @@ class _PendingRenewals:
 
     def reset(self) -> None:
         self._lock = threading.Lock()
-        self._timers: dict[str, tuple[threading.Timer, SessionPool]] = {}
+        self._timers: dict[str, tuple[Timer, SessionPool]] = {}
 
-    def add(self, session_id: str, timer: threading.Timer, pool: SessionPool) -> None:
+    def add(self, session_id: str, timer: Timer, pool: SessionPool) -> None:
         with self._lock:
             self._timers[session_id] = (timer, pool)
 
-    def take(self, session_id: str | None = None) -> list[tuple[str, threading.Timer, SessionPool]]:
+    def take(self, session_id: str | None = None) -> list[tuple[str, Timer, SessionPool]]:
         """Remove and return one session's entry, or (``None``) all of them."""
         with self._lock:
             ids = list(self._timers) if session_id is None else [session_id]

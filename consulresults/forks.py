@@ -28,4 +28,5 @@ def _reset_all() -> None:
         obj.reset()
 
 
-os.register_at_fork(after_in_child=_reset_all)
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork to guard against
+    os.register_at_fork(after_in_child=_reset_all)

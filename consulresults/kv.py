@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from . import layout
-from .connection import ConsulError, Response, Transport, TxnAnswer, is_transient
+from .connection import ConsulError, Interrupt, Response, Transport, TxnAnswer, is_transient
 from .expiry import ExpiryPlan, SessionPool
 from .retry import RetryPolicy, doubling, full_jitter
 
@@ -143,11 +143,19 @@ class KVStore:
         )
         return response.body if response.status == 200 else []
 
-    def read_blocking(self, key: str, index: int, wait: float) -> tuple[Entry | None, int]:
+    def read_blocking(
+        self,
+        key: str,
+        index: int,
+        wait: float,
+        consistency: str | None = None,
+        interrupt: Interrupt | None = None,
+    ) -> tuple[Entry | None, int]:
         """One blocking GET: the entry (None when absent) and the index to wait past next.
 
-        With index 0 or no wait, it answers at once."""
-        response, new_index = self._get_blocking(key, [], index, wait)
+        With index 0 or no wait, it answers at once. ``interrupt`` lets another thread end it
+        early (it then raises :class:`~consulresults.connection.Interrupted`)."""
+        response, new_index = self._get_blocking(key, [], index, wait, consistency, interrupt)
         entry = decoded(response.body[0]) if response.status == 200 else None
         return entry, new_index
 
@@ -160,14 +168,29 @@ class KVStore:
         return (response.body if response.status == 200 else []), new_index
 
     def _get_blocking(
-        self, key: str, params: list[tuple[str, str]], index: int, wait: float
+        self,
+        key: str,
+        params: list[tuple[str, str]],
+        index: int,
+        wait: float,
+        consistency: str | None = None,
+        interrupt: Interrupt | None = None,
     ) -> tuple[Response, int]:
-        if index and wait > 0:
+        long = bool(index and wait > 0)
+        if long:
             params = [*params, ("index", str(index)), ("wait", f"{max(1, int(wait * 1000))}ms")]
+        # Consul adds up to wait/16 of jitter to a blocking read's wait
         timeout = wait * 1.1 + self.transport.timeout
         response = READS.call(
             lambda: self.transport.request(
-                "GET", f"/v1/kv/{key}", params, timeout=timeout, expect=(200, 404)
+                "GET",
+                f"/v1/kv/{key}",
+                params,
+                timeout=timeout,
+                expect=(200, 404),
+                consistency=consistency,
+                long=long,
+                interrupt=interrupt,
             )
         )
         new_index = response.index

@@ -48,6 +48,9 @@ class ConsulSettings:
     consistency: str = "consistent"
     timeout: float = 10.0
     session_window: float | None = None
+    max_connections: int = 4
+    idle_timeout: float = 5.0
+    backpressure_patience: float = 30.0
 
     @property
     def base_url(self) -> str:
@@ -150,6 +153,15 @@ def parse_seconds(value: object, source: str) -> float:
     if not 0 < seconds < math.inf:  # NaN compares false
         raise SettingsError(f"{source}: must be more than 0 seconds and finite, not {value!r}")
     return seconds
+
+
+def parse_connections(value: object, source: str) -> int:
+    """A connection budget: a whole number, at least 2 (a long blocking read may never take the
+    last connection, so one is always free for stores)."""
+    text = str(value).strip()
+    if not text.isdigit() or not 2 <= int(text) <= 1000:
+        raise SettingsError(f"{source}: expected a whole number from 2 to 1000, not {value!r}")
+    return int(text)
 
 
 def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -255,6 +267,14 @@ def _seconds(name: str) -> Callable[[object, str], dict[str, Any]]:
     return lambda value, where: {name: parse_seconds(value, where)}
 
 
+def _no_effect(value: object, where: str) -> dict[str, Any]:
+    """Celery's built-in backend reads ``one_client`` (one python-consul2 client per backend
+    instead of one per call); every backend here already shares one pooled client per process,
+    so the option is accepted, checked, and changes nothing."""
+    parse_bool(value, where)
+    return {}
+
+
 @dataclass(frozen=True)
 class Option:
     """One connection setting: its parser, whether a URL query may carry it, its CLI flag and
@@ -348,6 +368,13 @@ OPTIONS: dict[str, Option] = {
         Option("consistency", _choice("consistency", CONSISTENCY_MODES)),
         Option("timeout", _seconds("timeout")),
         Option("session_window", _seconds("session_window")),
+        Option(
+            "max_connections",
+            lambda value, where: {"max_connections": parse_connections(value, where)},
+        ),
+        Option("idle_timeout", _seconds("idle_timeout")),
+        Option("backpressure_patience", _seconds("backpressure_patience")),
+        Option("one_client", _no_effect),
     )
 }
 URL_OPTIONS = frozenset(name for name, option in OPTIONS.items() if option.in_url)

@@ -27,10 +27,11 @@ def transport_to(server, **options) -> Transport:
 
 def test_requests_share_one_keep_alive_connection(consul_server):
     transport = transport_to(consul_server)
+    transport.request("GET", "/v1/status/leader")  # the pool has a connection now
     consul_server.reset_counters()
     for _ in range(10):
         transport.request("GET", "/v1/status/leader")
-    assert consul_server.counters()["connections"] == 1
+    assert consul_server.counters().get("connections", 0) == 0
 
 
 def test_compressed_answers_are_decoded(consul_server, consul_prefix, api):

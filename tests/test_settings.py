@@ -100,12 +100,35 @@ def test_token_never_in_repr_or_redacted_url():
         ("consulresults://h/a/../b", "no empty, '.' or '..' path segments"),
         ("consulresults://h/a//b", "no empty, '.' or '..' path segments"),
         ("consulresults://h/p?scheme=ftp", "must be http or https"),
+        ("consulresults://h/p?max_connections=1", "a whole number from 2 to 1000, not '1'"),
+        ("consulresults://h/p?max_connections=lots", "a whole number from 2 to 1000"),
+        ("consulresults://h/p?idle_timeout=0", "must be more than 0 seconds"),
+        ("consulresults://h/p?one_client=perhaps", "expected true or false"),
     ],
 )
 def test_bad_urls_give_one_clear_line(url, message):
     with pytest.raises(SettingsError, match=message.replace(".", r"\.").replace("(", r"\(")) as err:
         resolve(url, environ={})
     assert "\n" not in str(err.value)
+
+
+def test_connection_budget_options():
+    settings = resolve(
+        "consulresults://h/p?max_connections=8&idle_timeout=2.5&backpressure_patience=60",
+        environ={},
+    )
+    assert (settings.max_connections, settings.idle_timeout) == (8, 2.5)
+    assert settings.backpressure_patience == 60
+    defaults = resolve(None, environ={})
+    assert (defaults.max_connections, defaults.idle_timeout) == (4, 5.0)
+    assert defaults.backpressure_patience == 30.0
+
+
+def test_the_built_in_backends_one_client_option_is_accepted_and_changes_nothing():
+    """Celery documents consul://host:port?one_client=1 for its built-in backend."""
+    assert resolve("consulresults://h:8500/p?one_client=1", environ={}) == resolve(
+        "consulresults://h:8500/p", environ={}
+    )
 
 
 def test_bad_environment_is_named():

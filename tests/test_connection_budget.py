@@ -1,0 +1,148 @@
+"""One connection budget per process and agent: shared by every backend instance, waited for
+past its maximum, never wholly taken by blocking reads, given back when idle, and riding out
+the agent's per-client-IP limit (its 429 back-pressure) without an error."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+from celery import states
+from conftest import backend_url
+
+from consulresults.connection import connect
+from consulresults.kv import KVStore
+from consulresults.settings import resolve
+
+
+def wait_until(condition, seconds: float = 30.0, what: str = "the condition") -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {seconds:g} s")
+        time.sleep(0.01)
+
+
+def transport_for(server, **options):
+    token = {"token": server.token} if getattr(server, "token", None) else {}
+    return connect(resolve(f"consulresults://{server.address}/", {**token, **options}))
+
+
+def test_backends_of_one_process_share_one_pool(make_app, consul_prefix):
+    first, second = make_app(), make_app()
+    assert first.backend.transport.pool is second.backend.transport.pool
+    other = make_app(consulresults_max_connections=3)
+    assert other.backend.transport.pool is not first.backend.transport.pool
+
+
+def test_requests_past_the_budget_wait_for_a_connection(consul_dev_server_factory):
+    server = consul_dev_server_factory()
+    transport = transport_for(server, max_connections=2)
+    server.faults.delay(0.2, count=20)
+    server.reset_connection_stats()
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            transport.request("GET", "/v1/kv/x", expect=(200, 404))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert transport.pool.stats()["peak"] <= 2
+    assert max(server.connection_stats()["peak"].values()) <= 2
+
+
+def test_blocking_reads_never_take_the_last_connection(consul_server, consul_prefix):
+    transport = transport_for(consul_server, max_connections=2, idle_timeout=7.25)
+    store = KVStore(transport, consul_prefix.rstrip("/"))
+    _, index = store.read_blocking(store.key("block"), 0, 0)
+    waits = [
+        threading.Thread(target=store.read_blocking, args=(store.key("block"), index, 30))
+        for _ in range(2)
+    ]
+    for thread in waits:
+        thread.start()
+    wait_until(lambda: transport.pool.stats()["long"] == 1, what="one blocking read in flight")
+    # the second blocking read waits for a connection; a plain read still gets one
+    assert store.entry(store.key("other")) is None
+    assert transport.pool.stats()["long"] == 1
+    transport.request("PUT", f"/v1/kv/{store.key('block')}", body="x")  # ends the blocking reads
+    for thread in waits:
+        thread.join(60)
+    assert transport.pool.stats()["peak"] <= 2
+
+
+def test_idle_connections_are_closed(consul_server):
+    transport = transport_for(consul_server, idle_timeout=0.2)
+    transport.request("GET", "/v1/status/leader")
+    assert transport.pool.stats()["open"] >= 1
+    wait_until(lambda: transport.pool.stats()["open"] == 0, what="the idle connection closed")
+
+
+def test_an_old_connection_is_not_kept(consul_server, monkeypatch):
+    from consulresults import connection
+
+    transport = transport_for(consul_server, idle_timeout=6.5)
+    monkeypatch.setattr(connection, "MAX_AGE", 0.0)
+    transport.request("GET", "/v1/status/leader")
+    assert transport.pool.stats()["idle"] == 0  # closed when given back
+
+
+def hold_connections(server, n: int) -> list[socket.socket]:
+    """``n`` idle connections from this IP, each counted by the server."""
+    held = [socket.create_connection((server.host, server.port)) for _ in range(n)]
+    wait_until(lambda: server.connection_stats()["open"].get("127.0.0.1", 0) >= n)
+    return held
+
+
+def test_a_store_rides_out_the_agents_connection_limit(consul_dev_server_factory, make_app):
+    """Over the agent's per-IP limit, a new connection is answered 429 and closed: nothing was
+    applied, so the store waits (full-jitter back-off) until a slot frees, with no
+    result_backend_always_retry and no error."""
+    server = consul_dev_server_factory(http_max_conns_per_client=3)
+    app = make_app(backend=backend_url(server, "limited"), consulresults_idle_timeout=5.75)
+    held = hold_connections(server, 3)
+    stored = threading.Event()
+    errors: list[BaseException] = []
+
+    def store() -> None:
+        try:
+            app.backend.store_result("limited-1", 1, states.SUCCESS)
+            stored.set()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=store)
+    thread.start()
+    wait_until(lambda: server.connection_stats()["refused"].get("127.0.0.1", 0) >= 2)
+    assert not stored.is_set()
+    held.pop().close()
+    thread.join(60)
+    assert errors == [] and stored.is_set()
+    assert app.backend.get_task_meta("limited-1")["result"] == 1
+    pool = app.backend.transport.pool
+    assert pool.stats()["cap"] < pool.limit  # the process uses fewer for a while
+    for sock in held:
+        sock.close()
+
+
+def test_back_pressure_past_its_patience_is_a_clear_429(consul_dev_server_factory):
+    import consul
+
+    server = consul_dev_server_factory(http_max_conns_per_client=2)
+    held = hold_connections(server, 2)
+    transport = transport_for(server, backpressure_patience=0.3)
+    with pytest.raises(consul.ConsulException, match="429 Your IP is issuing too many") as err:
+        transport.request("GET", "/v1/status/leader")
+    assert "http_max_conns_per_client" in str(err.value)
+    assert err.value.status == 429
+    for sock in held:
+        sock.close()
