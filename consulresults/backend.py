@@ -11,7 +11,8 @@ KV core (:mod:`consulresults.kv`), which owns how results live in Consul:
   first write is one request and results vanish only when their TTL has passed.
 - Expiry beyond what sessions can express (over 24 h, or ``None``) is recorded in the key's
   ``Flags`` and enforced by :meth:`ConsulBackend.cleanup`.
-- ``mget`` is batched through ``/v1/txn``; ``wait_for`` uses Consul blocking queries.
+- ``mget`` is batched through ``/v1/txn``; waits are served by the process's one waiting
+  service (:mod:`consulresults.celery_waiting`), over two connections however many wait.
 - Chords count their header without a counter key (:mod:`consulresults.chords`): a part costs
   one request, and the part that completes the header has every result, so no worker ever
   waits on a join.
@@ -19,15 +20,14 @@ KV core (:mod:`consulresults.kv`), which owns how results live in Consul:
 
 from __future__ import annotations
 
-import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
 
 import consul
 from celery import states
 from celery.backends.base import KeyValueStoreBackend
-from celery.exceptions import BackendStoreError, ImproperlyConfigured, TimeoutError
+from celery.exceptions import BackendStoreError, ImproperlyConfigured
 from celery.signals import worker_process_shutdown
 from celery.utils.log import get_logger
 from celery.utils.time import get_exponential_backoff_interval
@@ -36,12 +36,13 @@ from kombu.utils.objects import cached_property
 
 from . import compat  # noqa: F401 -- Celery finds a stored exception's class in sys.modules
 from .celery_chords import ChordMixin
+from .celery_waiting import WaitingMixin
 from .chords import ChordStore
 from .client import ConsulClient
 from .connection import connect, is_transient
 from .expiry import MIN_TTL, CleanupNeeded, ExpiryPlan, renew_pending
 from .kv import KVStore, ValueTooLarge, WriteConflict
-from .operations import ALL_KINDS, BLOCK_SECONDS, ResultFilter, ResultOperations
+from .operations import ALL_KINDS, ResultFilter, ResultOperations
 from .retry import RetryPolicy
 from .settings import OPTIONS, ConsulSettings, SettingsError, resolve
 
@@ -57,7 +58,7 @@ class ConsulWriteConflict(BackendStoreError):
     loop's patience (60 s)."""
 
 
-class ConsulBackend(ChordMixin, KeyValueStoreBackend):
+class ConsulBackend(WaitingMixin, ChordMixin, KeyValueStoreBackend):
     """Consul KV result backend: atomic writes, reused sessions, batched reads, blocking waits."""
 
     consul = consul  # python-consul2, as on Celery's built-in backend
@@ -260,43 +261,7 @@ class ConsulBackend(ChordMixin, KeyValueStoreBackend):
         return self.store.delete(self._key(key))
 
     # ------------------------------------------------------------------ waiting
-
-    def wait_for(
-        self,
-        task_id: str,
-        timeout: float | None = None,
-        interval: float = 0.5,
-        no_ack: bool = True,
-        on_interval: Callable[[], object] | None = None,
-    ) -> dict[str, Any]:
-        """Wait with Consul blocking queries: the answer comes as soon as the result is stored.
-
-        ``on_interval`` is how ``AsyncResult.get()`` checks the parents (a chord's header):
-        it runs between rounds, and once more when the result has failed, so ``get()`` raises
-        the failed header task's own error, as with Celery's Redis backend. A round lasts at
-        least ten times what the last check took, so checking a 1,000-task header never
-        crowds out the wait itself."""
-        self._ensure_not_eager()
-        cached: dict[str, Any] | None = self._cache.get(task_id)
-        if cached and cached["status"] in states.READY_STATES:
-            return cached
-        timeout = self._bounded(timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        key = self._key(self.get_key_for_task(task_id))
-        index, checking = 0, 0.0
-        while True:
-            wait = self._block_time(deadline, on_interval, checking)
-            meta, index = self._retrying(self._meta_blocking, key, index, wait)
-            if on_interval and meta["status"] != states.SUCCESS:
-                started = time.monotonic()
-                on_interval()
-                checking = time.monotonic() - started
-            if meta["status"] in states.READY_STATES:
-                if meta["status"] == states.SUCCESS:
-                    self._cache[task_id] = meta
-                return meta
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError("The operation timed out.")
+    # (wait_for, get_many: celery_waiting.WaitingMixin)
 
     def _retrying(self, fn: Callable[..., _T], *args: Any) -> _T:
         return self._wait_policy.call(lambda: fn(*args))
@@ -330,65 +295,6 @@ class ConsulBackend(ChordMixin, KeyValueStoreBackend):
             max_retries=self.max_retries,
             on_retry=log,
         )
-
-    @staticmethod
-    def _block_time(deadline: float | None, on_interval: object, checking: float = 0.0) -> float:
-        wait = max(1.0, 10 * checking) if on_interval else BLOCK_SECONDS
-        if deadline is not None:
-            wait = min(wait, max(0.0, deadline - time.monotonic()))
-        return wait
-
-    def _meta_blocking(self, key: str, index: int, wait: float) -> tuple[dict[str, Any], int]:
-        """One blocking read: the decoded meta (PENDING when absent) and the index to wait past."""
-        entry, index = self.store.read_blocking(key, index, wait)
-        if entry is None:
-            return {"status": states.PENDING, "result": None}, index
-        return self.decode_result(entry["Value"]), index
-
-    def get_many(
-        self,
-        task_ids: Iterable[str],
-        timeout: float | None = None,
-        interval: float = 0.5,
-        no_ack: bool = True,
-        on_message: Callable[[dict[str, Any]], object] | None = None,
-        on_interval: Callable[[], object] | None = None,
-        max_iterations: int | None = None,
-        READY_STATES: frozenset[str] = states.READY_STATES,
-    ) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Like Celery's, but between rounds it blocks on a pending key instead of sleeping."""
-        ids = set(task_ids)
-        for task_id in list(ids):
-            cached = self._cache.get(task_id)
-            if cached and cached["status"] in READY_STATES:
-                ids.discard(task_id)
-                yield bytes_to_str(task_id), cached
-        timeout = self._bounded(timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        iterations = 0
-        while ids:
-            keys = list(ids)
-            values = self._retrying(self.mget, [self.get_key_for_task(k) for k in keys])
-            ready = self._mget_to_results(values, keys, READY_STATES)
-            self._cache.update(ready)
-            ids.difference_update(ready)
-            for task_id, meta in ready.items():
-                if on_message is not None:
-                    on_message(meta)
-                yield bytes_to_str(task_id), meta
-            if not ids:
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"Operation timed out ({timeout})")
-            if on_interval:
-                on_interval()
-            waiting_on = self._key(self.get_key_for_task(next(iter(ids))))
-            _, index = self._retrying(self._meta_blocking, waiting_on, 0, 0)
-            wait = self._block_time(deadline, True)
-            self._retrying(self._meta_blocking, waiting_on, index, wait)
-            iterations += 1
-            if max_iterations and iterations >= max_iterations:
-                break
 
     # ------------------------------------------------------------------ maintenance
 

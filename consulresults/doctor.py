@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .connection import ConsulError
+from .connection import ConsulError, PermissionDenied
 from .expiry import create_session
 from .operations import ResultOperations
 
@@ -32,6 +32,7 @@ def diagnose(ops: ResultOperations) -> list[Diagnosis]:
         ("read the prefix", _read),
         ("write the prefix", _write),
         ("create sessions", _sessions),
+        ("connection budget", _budget),
     ]
     found = []
     for name, check in checks:
@@ -46,9 +47,41 @@ def diagnose(ops: ResultOperations) -> list[Diagnosis]:
     return found
 
 
+CONSUL_DEFAULT_CONNS_PER_CLIENT = 200
+
+
+def _budget(ops: ResultOperations) -> str:
+    """What one process of this configuration may hold against the agent's per-client-IP
+    limit, and so how many such processes one client IP (a host, a pod with its own IP,
+    everything behind one NAT address) can run busy at once."""
+    transport = ops.store.transport
+    pool = transport.pool
+    try:
+        debug = transport.request("GET", "/v1/agent/self").body.get("DebugConfig") or {}
+        limit, source = int(debug["HTTPMaxConnsPerClient"]), "the agent's limits"
+    except (PermissionDenied, KeyError, TypeError, ValueError):
+        limit = CONSUL_DEFAULT_CONNS_PER_CLIENT
+        source = "Consul's default, assumed (reading it needs agent:read)"
+    holds = (
+        f"one process holds at most {pool.limit} connection(s) (max_connections), none after "
+        f"{pool.idle_timeout:g} s idle"
+    )
+    if limit == 0:
+        return f"{holds}; the agent sets no per-client-IP limit"
+    return (
+        f"{holds}; {limit} per client IP ({source}): at most {limit // pool.limit} such "
+        "processes per host, pod IP or NAT address if all are busy at once, less what the "
+        "host's other Consul clients use"
+    )
+
+
 def _agent(ops: ResultOperations) -> str:
     transport = ops.store.transport
-    config = transport.request("GET", "/v1/agent/self").body["Config"]
+    try:
+        config = transport.request("GET", "/v1/agent/self").body["Config"]
+    except PermissionDenied:  # the agent answered; its details need agent:read
+        transport.request("GET", "/v1/status/leader")
+        return f"{transport.base_uri} (its version and limits need agent:read)"
     return (
         f"{transport.base_uri}: Consul {config.get('Version', '?')}, "
         f"node {config.get('NodeName', '?')}"

@@ -6,6 +6,7 @@ pointed at an app (``-A``)."""
 from __future__ import annotations
 
 import fnmatch
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -19,6 +20,7 @@ from .connection import ConsulError
 from .expiry import ExpiryPlan, in_use, made_for
 from .kv import Entry, KVStore, decoded
 from .retry import RetryPolicy
+from .waiting import WAITING, Watch
 
 READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 BLOCK_SECONDS = 10.0
@@ -28,6 +30,11 @@ T = TypeVar("T")
 
 class WaitTimeout(Exception):
     """The result was not ready within the time given."""
+
+
+def _final(found: StoredResult) -> bool:
+    """Nothing more to wait for: ready, or a value this app cannot read."""
+    return found.meta is None or found.state in READY_STATES
 
 
 @dataclass
@@ -208,20 +215,44 @@ class ResultOperations:
         return None if entry is None else self._stored(parsed, entry)
 
     def wait(self, task_id: str, timeout: float | None = None) -> StoredResult:
-        """Block (Consul blocking queries, no polling) until the task is ready; raise
-        :class:`WaitTimeout` after ``timeout`` seconds (None: wait as long as it takes)."""
+        """The task's result once it is ready (or unreadable); :class:`WaitTimeout` after
+        ``timeout`` seconds (None: as long as it takes). One read, then the process's waiting
+        service: the answer comes one blocking round trip after the result is stored."""
         parsed = self._task_key(task_id)
         deadline = None if timeout is None else time.monotonic() + timeout
-        index = 0
-        while True:
-            wait = BLOCK_SECONDS if deadline is None else max(0.0, deadline - time.monotonic())
-            read = self.store.read_blocking
-            entry, index = self._waiting(read, parsed.key, index, min(wait, BLOCK_SECONDS))
-            found = None if entry is None else self._stored(parsed, entry)
-            if found is not None and (found.meta is None or found.state in READY_STATES):
-                return found
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeout(f"task {task_id} was not ready within {timeout:g} s")
+        found = self._waiting(self.fetch, task_id)
+        if found is not None and _final(found):
+            return found
+        news: list[StoredResult | BaseException] = []
+        arrived = threading.Event()
+
+        def changed(key: str, entry: Entry) -> bool:
+            stored = self._stored(parsed, entry)
+            if _final(stored):
+                news.append(stored)
+                arrived.set()
+            return _final(stored)
+
+        def failed(exc: BaseException) -> None:
+            news.append(exc)
+            arrived.set()
+
+        watch = Watch([parsed.key], changed, failed)
+        WAITING.watch(self.store, watch)
+        try:
+            while True:
+                arrived.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                arrived.clear()
+                while news:
+                    got = news.pop(0)
+                    if isinstance(got, StoredResult):
+                        return got
+                    if not (self.retry and self.retry.should_retry(got)):
+                        raise got
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise WaitTimeout(f"task {task_id} was not ready within {timeout:g} s")
+        finally:
+            WAITING.cancel(watch)
 
     def watch(
         self, selection: ResultFilter, min_interval: float = 1.0

@@ -190,9 +190,41 @@ def test_doctor_passes_on_a_working_setup(cli):
         "ok   read the prefix",
         "ok   write the prefix",
         "ok   create sessions",
+        "ok   connection budget",
         "ok   result_expires",
     ]
     assert "renewed once" in lines[-1] and "no cleanup needed" in lines[-1]  # Celery's 1 day
+
+
+def test_doctor_does_the_connection_arithmetic(consul_dev_server_factory):
+    """The agent's per-client-IP limit (from /v1/agent/self, which needs agent:read) divided by
+    what one process of this configuration may hold."""
+    from consulresults.devserver import AclConfig
+
+    server = consul_dev_server_factory(http_max_conns_per_client=120)
+    args = ["doctor", "--http-addr", server.address, "--prefix", "myapp"]
+    budget = CliRunner().invoke(app, args).stdout
+    line = next(line for line in budget.splitlines() if "connection budget" in line)
+    assert "120 per client IP (the agent's limits): at most 30 such processes" in line
+    rules = {"key_prefix": {"myapp/": "write"}, "session_prefix": {"": "write"}}
+    denied = consul_dev_server_factory(
+        acl=AclConfig(enabled=True, default_policy="deny", tokens={"no-agent-read": rules})
+    )
+    args = [
+        "doctor",
+        "--http-addr",
+        denied.address,
+        "--prefix",
+        "myapp",
+        "--token",
+        "no-agent-read",
+    ]
+    line = next(
+        line
+        for line in CliRunner().invoke(app, args).stdout.splitlines()
+        if "connection budget" in line
+    )
+    assert "200 per client IP (Consul's default, assumed (reading it needs agent:read))" in line
 
 
 def test_doctor_says_what_removes_results(make_app):

@@ -1,0 +1,103 @@
+"""Waiting for Celery results from asyncio, on the process's waiting service.
+
+    from consulresults import aio
+
+    value = await aio.get(add.delay(2, 2), timeout=10)
+    async for done in aio.as_completed(results, timeout=60):
+        print(done.id, done.result)
+
+No blocking call runs on the event loop's thread: the background thread reads Consul and wakes
+the awaiting tasks; once a result is ready, its value is taken from what was read (Celery's own
+``get()``/``maybe_throw`` on a cached meta), so it returns what ``result.get()`` would return and
+raises what it would raise. Cancelling the awaiting task stops waiting for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from celery.exceptions import TimeoutError
+from celery.result import AsyncResult, GroupResult
+
+from .celery_waiting import WaitingMixin, _Waiter, parent_ids
+from .waiting import WAITING
+
+
+async def get(
+    result: AsyncResult | GroupResult, timeout: float | None = None, propagate: bool = True
+) -> Any:
+    """``await`` what ``result.get(timeout=timeout, propagate=propagate)`` returns (for a
+    ``GroupResult``, the list of its members' values), raising what it raises: the task's
+    exception when ``propagate``, a failed parent's, or ``celery.exceptions.TimeoutError``."""
+    members = list(result.results) if isinstance(result, GroupResult) else [result]
+    parents = () if isinstance(result, GroupResult) or not propagate else parent_ids(result)
+    async for _ in _completed(members, parents, timeout):
+        pass
+    if isinstance(result, GroupResult):
+        return result.join_native(propagate=propagate, disable_sync_subtasks=False)
+    return result.get(propagate=propagate, follow_parents=False, disable_sync_subtasks=False)
+
+
+async def as_completed(
+    results: Iterable[AsyncResult], timeout: float | None = None
+) -> AsyncIterator[AsyncResult]:
+    """Yield each result as it becomes ready (its ``state``, ``result`` and ``get()`` then need
+    no request); ``celery.exceptions.TimeoutError`` if some are not ready in ``timeout``."""
+    async for done in _completed(list(results), (), timeout):
+        yield done
+
+
+async def _completed(
+    results: list[AsyncResult], parents: tuple[str, ...], timeout: float | None
+) -> AsyncIterator[AsyncResult]:
+    if not results:
+        return
+    backend = _backend(results[0])
+    deadline = None if timeout is None else time.monotonic() + timeout
+    by_id = {r.id: r for r in results}
+    keys = {backend._key(backend.get_key_for_task(task_id)): task_id for task_id in by_id}
+    watched = {backend._key(backend.get_key_for_task(p)): p for p in parents}
+    loop = asyncio.get_running_loop()
+    event = asyncio.Event()
+    waiter = _Waiter(
+        backend.store,
+        keys,
+        watched,
+        backend._meta,
+        notify=lambda: loop.call_soon_threadsafe(event.set),
+    )
+    WAITING.watch(backend.store, waiter.watch, read_now=True)
+    remaining = len(keys)
+    try:
+        while remaining:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                await asyncio.wait_for(event.wait(), left)
+            except asyncio.TimeoutError:
+                raise TimeoutError("The operation timed out.") from None
+            event.clear()
+            while waiter.ready:
+                task_id, meta = waiter.ready.popleft()
+                backend._cache[task_id] = meta  # final: what get() reads, with no request
+                remaining -= 1
+                yield by_id[task_id]
+            backend._raise_unless_retried(waiter)
+            if waiter.parent_failed is not None:
+                parent_id, meta = waiter.parent_failed
+                backend._cache[parent_id] = meta
+                results[0].app.AsyncResult(parent_id).maybe_throw()
+    finally:
+        WAITING.cancel(waiter.watch)
+
+
+def _backend(result: AsyncResult) -> WaitingMixin:
+    backend = result.backend
+    if not isinstance(backend, WaitingMixin):
+        raise TypeError(
+            f"consulresults.aio waits for results of the consulresults backend, not "
+            f"{type(backend).__name__} (set the app's result_backend to consulresults://...)"
+        )
+    return backend

@@ -1,0 +1,266 @@
+"""How Celery's waits run on the Consul backend: ``AsyncResult.get()``, ``GroupResult.get()`` /
+``join_native()`` and ``get_many`` are served by the process's one waiting service
+(:mod:`consulresults.waiting`), so a thousand waiting threads share its two connections
+instead of holding a blocking query each.
+
+A wait reads its key once itself (a result already stored returns at once, as before), then
+hands the key to the service and sleeps on an event until the result is ready, its deadline
+passes, or a parent failed.
+
+Parents: ``AsyncResult.get()`` passes an ``on_interval`` callback that re-raises a parent's
+error (a failed first task of a chain). Celery's other backends call it every round, a read per
+parent per waiter per second. Here the parents' keys are watched with the result's own, and the
+callback runs when one of them fails, and once more when the result itself fails (so ``get()``
+raises the failed header task's own error, as Celery's Redis backend does). A result without a
+parent gets an empty callback, which is never called; a callback this module cannot read
+(a caller's own ``on_interval``) is called every ``interval``, as Celery would.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from celery import states
+from celery.backends.base import KeyValueStoreBackend
+from celery.exceptions import TimeoutError
+from kombu.utils.encoding import bytes_to_str
+
+from .kv import Entry, KVStore
+from .waiting import WAITING, Watch
+
+_PARENTS: contextvars.ContextVar[tuple[str, ...] | None] = contextvars.ContextVar(
+    "consulresults_parents", default=None
+)
+_UNREADABLE = object()
+MAX_PARENT_KEYS = 1024
+PERIODIC_MIN = 0.5
+
+
+def parent_ids(result: Any) -> tuple[str, ...]:
+    """The task ids whose failure ``result.get()`` re-raises: each parent's, or each member's
+    of a parent group (Celery's ``_parents()`` walk, through public attributes only)."""
+    ids: list[str] = []
+    node = getattr(result, "parent", None)
+    while node is not None and len(ids) < MAX_PARENT_KEYS:
+        members = getattr(node, "results", None)
+        if members is not None:
+            ids.extend(member.id for member in members if getattr(member, "id", None))
+        elif getattr(node, "id", None):
+            ids.append(node.id)
+        node = getattr(node, "parent", None)
+    return tuple(ids[:MAX_PARENT_KEYS])
+
+
+def checks_needed(on_interval: object, parents: tuple[str, ...] | None) -> str:
+    """How to honour ``on_interval``: ``none`` (Celery's empty promise, for a result without
+    parents), ``parents`` (Celery's parent check alone: run it when a parent fails), or
+    ``periodic`` (anything else: run it every interval). Reading a vine promise's contents is
+    no public API: when its attributes are not there, it is ``periodic``, the safe answer."""
+    if on_interval is None:
+        return "none"
+    fun = getattr(on_interval, "fun", _UNREADABLE)
+    chained = [getattr(on_interval, name, _UNREADABLE) for name in ("_svpending", "_lvpending")]
+    if fun is _UNREADABLE or any(c is _UNREADABLE or c for c in chained):
+        return "periodic"
+    if fun is None:
+        return "none"
+    return "parents" if parents else "periodic"
+
+
+class _Waiter:
+    """One caller's wait: the metas the service found ready, a failed parent, or an error,
+    and the event its thread sleeps on."""
+
+    def __init__(
+        self,
+        store: KVStore,
+        keys: dict[str, str],
+        parents: dict[str, str],
+        decode: Callable[[bytes | None], dict[str, Any]],
+        ready_states: frozenset[str] = states.READY_STATES,
+        notify: Callable[[], object] | None = None,
+    ) -> None:
+        self.store = store
+        self.keys = keys  # full key -> task id
+        self._ready_states = ready_states
+        self.parents = parents
+        self.ready: deque[tuple[str, dict[str, Any]]] = deque()
+        self.parent_failed: tuple[str, dict[str, Any]] | None = None  # its id and meta
+        self.error: BaseException | None = None
+        self.event = threading.Event()
+        self._notify = notify or self.event.set
+        self._decode = decode
+        self.watch = Watch([*keys, *parents], self._changed, self._failed)
+
+    def _changed(self, key: str, entry: Entry) -> bool:
+        meta = self._decode(entry["Value"])
+        status = meta.get("status")
+        if key in self.keys:
+            if status not in self._ready_states:
+                return False
+            self.ready.append((self.keys[key], meta))
+        elif status == states.SUCCESS:
+            return True  # a parent that will not fail any more
+        elif status in states.PROPAGATE_STATES:
+            self.parent_failed = (self.parents[key], meta)
+        else:
+            return False
+        self._notify()
+        return key in self.keys
+
+    def _failed(self, exc: BaseException) -> None:
+        self.error = exc
+        self._notify()
+
+    def sleep(self, deadline: float | None, periodic: float | None) -> None:
+        """Until something happened, the deadline passed, or a periodic check is due."""
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if periodic is not None:
+            timeout = periodic if timeout is None else min(timeout, periodic)
+        self.event.wait(timeout)
+        self.event.clear()
+
+
+class WaitingMixin(KeyValueStoreBackend):
+    """Waits for :class:`consulresults.backend.ConsulBackend` (which provides ``store``,
+    ``_key``, ``_retrying``, ``_bounded``, ``_wait_policy`` and ``always_retry``)."""
+
+    store: KVStore
+
+    def wait_for_pending(self, result: Any, *args: Any, **kwargs: Any) -> Any:
+        """Celery's, with the result's parents known to :meth:`wait_for`."""
+        token = _PARENTS.set(parent_ids(result))
+        try:
+            return super().wait_for_pending(result, *args, **kwargs)
+        finally:
+            _PARENTS.reset(token)
+
+    def wait_for(
+        self,
+        task_id: str,
+        timeout: float | None = None,
+        interval: float = 0.5,
+        no_ack: bool = True,
+        on_interval: Callable[[], object] | None = None,
+    ) -> dict[str, Any]:
+        """The result's meta once it is ready; ``TimeoutError`` after ``timeout`` seconds."""
+        self._ensure_not_eager()
+        cached: dict[str, Any] | None = self._cache.get(task_id)
+        if cached and cached["status"] in states.READY_STATES:
+            return cached
+        deadline = self._deadline(timeout)
+        parents = _PARENTS.get()
+        checks = checks_needed(on_interval, parents)
+        key = self._key(self.get_key_for_task(task_id))
+        meta: dict[str, Any] = self._retrying(self._meta_now, key)
+        if meta["status"] not in states.READY_STATES:
+            watched = {self._key(self.get_key_for_task(p)): p for p in parents or ()}
+            parents_watched = watched if checks == "parents" else {}
+            waiter = _Waiter(self.store, {key: task_id}, parents_watched, self._meta)
+            meta = self._wait(waiter, deadline, on_interval, checks, interval)
+        if on_interval is not None and checks != "none" and meta["status"] != states.SUCCESS:
+            on_interval()  # a failed chord body: raise the failed header task's own error
+        if meta["status"] == states.SUCCESS:
+            self._cache[task_id] = meta
+        return meta
+
+    def _wait(
+        self,
+        waiter: _Waiter,
+        deadline: float | None,
+        on_interval: Callable[[], object] | None,
+        checks: str,
+        interval: float,
+    ) -> dict[str, Any]:
+        periodic = max(interval, PERIODIC_MIN) if checks == "periodic" else None
+        WAITING.watch(self.store, waiter.watch)
+        try:
+            while True:
+                waiter.sleep(deadline, periodic)
+                if waiter.ready:
+                    return waiter.ready.popleft()[1]
+                self._raise_unless_retried(waiter)
+                failed, waiter.parent_failed = waiter.parent_failed, None
+                if failed is not None:
+                    self._cache[failed[0]] = failed[1]  # what the check reads: no request
+                if on_interval is not None and (failed or periodic):
+                    on_interval()
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError("The operation timed out.")
+        finally:
+            WAITING.cancel(waiter.watch)
+
+    def _raise_unless_retried(self, waiter: _Waiter) -> None:
+        """A failed round of the service is the caller's error, unless Celery's retry policy
+        (``result_backend_always_retry``) says to keep waiting through it."""
+        error, waiter.error = waiter.error, None
+        if error is not None and not self._wait_policy.should_retry(error):
+            raise error
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        timeout = self._bounded(timeout)
+        return None if timeout is None else time.monotonic() + timeout
+
+    def _meta_now(self, key: str) -> dict[str, Any]:
+        entry = self.store.entry(key)
+        return self._meta(entry["Value"] if entry else None)
+
+    def _meta(self, value: bytes | None) -> dict[str, Any]:
+        if not value:
+            return {"status": states.PENDING, "result": None}
+        return self.decode_result(value)  # type: ignore[no-any-return]
+
+    def get_many(
+        self,
+        task_ids: Iterable[str],
+        timeout: float | None = None,
+        interval: float = 0.5,
+        no_ack: bool = True,
+        on_message: Callable[[dict[str, Any]], object] | None = None,
+        on_interval: Callable[[], object] | None = None,
+        max_iterations: int | None = None,
+        READY_STATES: frozenset[str] = states.READY_STATES,
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Each task's meta as it becomes ready: cached ones first, then one batched read,
+        then the waiting service."""
+        ids = {bytes_to_str(task_id) for task_id in task_ids}
+        for task_id in list(ids):
+            cached = self._cache.get(task_id)
+            if cached and cached["status"] in READY_STATES:
+                ids.discard(task_id)
+                yield task_id, cached
+        deadline = self._deadline(timeout)
+        keys = {self._key(self.get_key_for_task(task_id)): task_id for task_id in ids}
+        waiter = _Waiter(self.store, keys, {}, self._meta, READY_STATES)
+        for key, entry in self._retrying(self.store.entries, list(keys)).items():
+            waiter.watch.offer(key, entry)
+        if waiter.watch.keys:
+            WAITING.watch(self.store, waiter.watch)
+        remaining, iterations = len(keys), 0
+        try:
+            while True:
+                while waiter.ready:
+                    task_id, meta = waiter.ready.popleft()
+                    self._cache[task_id] = meta
+                    if on_message is not None:
+                        on_message(meta)
+                    remaining -= 1
+                    yield task_id, meta
+                if not remaining:
+                    return
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(f"Operation timed out ({timeout})")
+                self._raise_unless_retried(waiter)
+                if on_interval is not None:
+                    on_interval()
+                iterations += 1
+                if max_iterations and iterations > max_iterations:
+                    return
+                waiter.sleep(deadline, interval if on_interval is not None else None)
+        finally:
+            WAITING.cancel(waiter.watch)

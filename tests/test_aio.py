@@ -1,0 +1,124 @@
+"""consulresults.aio: awaiting results in an event loop, on the process's waiting service."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from celery import states
+from celery.exceptions import TimeoutError
+from celery.result import GroupResult
+
+from consulresults import aio
+from consulresults.waiting import WAITING
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+async def until(condition, what: str) -> None:
+    for _ in range(3000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{what} did not happen")
+
+
+def test_many_awaits_in_one_loop(make_app, consul_prefix):
+    app = make_app()
+    backend = app.backend
+    ids = [f"aio-{i}" for i in range(300)]
+    backend.store_result(ids[0], 0, states.SUCCESS)  # one is ready before anyone awaits
+    before = WAITING.watched_keys()
+
+    async def main():
+        waits = [asyncio.create_task(aio.get(app.AsyncResult(i), timeout=60)) for i in ids]
+        await until(lambda: WAITING.watched_keys() >= before + len(ids) - 1, "awaits watched")
+        # the loop's thread never blocks: stores run in another thread while it awaits
+        store = threading.Thread(
+            target=lambda: [backend.store_result(t, n, states.SUCCESS) for n, t in enumerate(ids)]
+        )
+        store.start()
+        values = await asyncio.gather(*waits)
+        store.join()
+        return values
+
+    assert run(main()) == list(range(300))
+    assert WAITING.watched_keys() == before
+
+
+def test_a_failure_raises_the_tasks_error_or_returns_it(make_app, consul_prefix):
+    app = make_app()
+    app.backend.mark_as_failure("aio-bad", ValueError("no good"))
+    with pytest.raises(ValueError, match="no good"):
+        run(aio.get(app.AsyncResult("aio-bad"), timeout=10))
+    returned = run(aio.get(app.AsyncResult("aio-bad"), timeout=10, propagate=False))
+    assert isinstance(returned, ValueError)
+
+
+def test_a_failed_parent_is_raised(make_app, consul_prefix):
+    app = make_app()
+    child = app.AsyncResult("aio-step2", parent=app.AsyncResult("aio-step1"))
+
+    async def main():
+        waiting = asyncio.create_task(aio.get(child, timeout=60))
+        await until(lambda: WAITING.watched_keys() >= 2, "the result and its parent watched")
+        await asyncio.to_thread(app.backend.mark_as_failure, "aio-step1", KeyError("first"))
+        return await waiting
+
+    with pytest.raises(KeyError, match="first"):
+        run(main())
+
+
+def test_timeout_and_cancellation_stop_the_wait(make_app, consul_prefix):
+    app = make_app()
+    before = WAITING.watched_keys()
+    with pytest.raises(TimeoutError):
+        run(aio.get(app.AsyncResult("aio-never"), timeout=0.2))
+    assert WAITING.watched_keys() == before
+
+    async def cancelled():
+        task = asyncio.create_task(aio.get(app.AsyncResult("aio-never"), timeout=60))
+        await until(lambda: WAITING.watched_keys() == before + 1, "the await watched")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(cancelled())
+    assert WAITING.watched_keys() == before
+
+
+def test_as_completed_yields_in_the_order_results_become_ready(make_app, consul_prefix):
+    app = make_app()
+    results = [app.AsyncResult(f"aio-order-{i}") for i in range(3)]
+
+    async def main():
+        seen = []
+        async for done in aio.as_completed(results, timeout=60):
+            seen.append(done.id)
+            if len(seen) < 3:
+                following = results[2 - len(seen)].id  # store the next in reverse order
+                await asyncio.to_thread(app.backend.store_result, following, 1, states.SUCCESS)
+        return seen
+
+    app.backend.store_result(results[2].id, 1, states.SUCCESS)
+    assert run(main()) == [r.id for r in reversed(results)]
+    assert results[0].result == 1  # ready, and read from what was awaited
+
+
+def test_a_group(make_app, consul_prefix):
+    app = make_app()
+    group = GroupResult("aio-group", [app.AsyncResult(f"aio-g{i}") for i in range(5)], app=app)
+    for i in range(5):
+        app.backend.store_result(f"aio-g{i}", i * i, states.SUCCESS)
+    assert run(aio.get(group, timeout=10)) == [0, 1, 4, 9, 16]
+
+
+def test_results_of_another_backend_are_refused(consul_server):
+    from celery import Celery
+
+    app = Celery(backend="cache+memory://", set_as_current=False)
+    with pytest.raises(TypeError, match="consulresults backend"):
+        run(aio.get(app.AsyncResult("x")))
