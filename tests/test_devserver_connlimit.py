@@ -18,6 +18,7 @@ import pytest
 from conftest import Api, run_cli
 
 from consulresults.devserver import DevServer, DevServerProcess, OptionError, build_server
+from consulresults.devserver.connlimit import TlsRefusal
 from consulresults.devserver.options import DevServerOptions
 from consulresults.pytest_plugin import REAL_AGENT_SKIP, external_consul
 
@@ -181,10 +182,11 @@ def test_the_default_is_consuls_200(consul_dev_server_factory):
         close_all(socks)
 
 
-def test_over_https_the_429_is_written_before_any_tls(consul_dev_server_factory, tmp_path):
-    """The limit applies to the TCP connection, a handshake in progress included: the refused
-    connection gets the plain-text 429, which a TLS client reads as a failed handshake (or as a
-    reset, when its ClientHello reached the socket before it was closed unread)."""
+def test_over_https_the_429_comes_through_tls_then_eof(consul_dev_server_factory, tmp_path):
+    """As in Consul, whose limit applies to the TLS connection (the 429's write does the
+    handshake): the refused client completes its handshake, reads exactly the 429 through TLS,
+    then the server's close_notify (a bare TCP close would raise here: no ragged EOFs). The
+    connection counts from accept, handshake or not, and a refused one never counts as open."""
     from certs import make_ca_and_certs
 
     certs = make_ca_and_certs(tmp_path)
@@ -194,14 +196,69 @@ def test_over_https_the_429_is_written_before_any_tls(consul_dev_server_factory,
     client = ssl.create_default_context(cafile=certs.ca)
     with connect(server):  # no handshake yet: counted all the same
         wait_for_open(server, 1)
-        with connect(server) as raw:
-            assert read_to_eof(raw) == TOO_MANY_CONNECTIONS
-        with connect(server) as sock, pytest.raises((ssl.SSLError, ConnectionResetError)):
-            client.wrap_socket(sock, server_hostname=LOCAL)
+        for _ in range(2):
+            with client.wrap_socket(
+                connect(server), server_hostname=LOCAL, suppress_ragged_eofs=False
+            ) as tls:
+                assert read_to_eof(tls) == TOO_MANY_CONNECTIONS
+        assert server.connection_stats() == {
+            "limit": 1,
+            "open": {LOCAL: 1},
+            "peak": {LOCAL: 1},
+            "refused": {LOCAL: 2},
+        }
     wait_for_open(server, 0)
     with client.wrap_socket(connect(server), server_hostname=LOCAL) as tls:
         assert get(tls, "/v1/status/leader")[0] == 200
     assert server.connection_stats()["refused"] == {LOCAL: 2}
+
+
+def test_over_https_a_refused_client_without_a_handshake_is_closed(
+    consul_dev_server_factory, tmp_path
+):
+    """No plain-text 429 on an HTTPS port: a refused connection that never starts its handshake
+    is closed when the refusal's deadline passes (TLS_REFUSAL_SECONDS), while the server goes on
+    serving."""
+    from certs import make_ca_and_certs
+
+    certs = make_ca_and_certs(tmp_path)
+    server = consul_dev_server_factory(
+        tls_cert=certs.server_cert, tls_key=certs.server_key, http_max_conns_per_client=1
+    )
+    client = ssl.create_default_context(cafile=certs.ca)
+    with client.wrap_socket(connect(server), server_hostname=LOCAL) as tls:
+        assert get(tls, "/v1/status/leader")[0] == 200
+        with connect(server) as silent:
+            assert get(tls, "/v1/status/leader")[0] == 200
+            assert read_to_eof(silent) == b""
+        assert server.connection_stats()["refused"] == {LOCAL: 1}
+        assert get(tls, "/v1/status/leader")[0] == 200
+
+
+def test_tls_refusals_run_on_a_few_threads_and_close_the_rest(tmp_path):
+    """refuse() hands the connection to a thread and returns at once (the server's loop never
+    waits on a handshake); with every thread busy, the next refused connection is just closed."""
+    from certs import make_ca_and_certs
+
+    certs = make_ca_and_certs(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certs.server_cert, certs.server_key)
+    refusal = TlsRefusal(context, seconds=30, threads=1)
+    busy_peer, busy = socket.socketpair()
+    closed_peer, closed = socket.socketpair()
+    with busy_peer, closed_peer:
+        assert refusal.refuse(busy)  # its thread waits for a ClientHello
+        assert refusal.busy == 1
+        assert not refusal.refuse(closed)
+        closed_peer.settimeout(10)
+        assert read_to_eof(closed_peer) == b""  # closed at once, nothing written
+        busy_peer.shutdown(socket.SHUT_WR)  # no ClientHello ever: the handshake fails now
+        busy_peer.settimeout(10)
+        read_to_eof(busy_peer)  # whatever alert OpenSSL sends, then the close
+    deadline = time.monotonic() + 10
+    while refusal.busy:
+        assert time.monotonic() < deadline, "the refusal's thread never ended"
+        time.sleep(0.005)
 
 
 # ---------------------------------------------------------------------- stats and control

@@ -3,14 +3,17 @@
 
 Consul counts a connection from the moment it is accepted until it is closed, per client IP, and
 loopback is an IP like any other: every process on a host shares the budget. A connection past the
-limit is answered with a fixed 429, before anything is read from it, and closed.
+limit is answered with a fixed 429, before any request is read from it, and closed.
 
 Here the listening socket does the counting: :class:`LimitedListener` is what asyncio accepts from,
 so a connection is counted (or refused) before aiohttp, or a TLS handshake, ever sees it, and the
-sockets it hands out give their slot back when asyncio closes them. Over HTTPS the refusal is the
-same plain-text 429 written on the raw TCP connection, which the client reads as a failed handshake.
-Counting relies on asyncio's selector event loop calling ``accept()`` (Linux, macOS); Windows'
-proactor loop accepts on its own and would not enforce the limit.
+sockets it hands out give their slot back when asyncio closes them. Over HTTPS the refusal goes
+through TLS, as Consul's does (its limit runs in the http.Server's ConnState hook, on the
+``tls.NewListener`` connection, and the write of the 429 performs the handshake): a small thread
+(:class:`TlsRefusal`) completes the handshake within a short deadline, writes the same 429 and
+closes with a close_notify, so the client reads an ordinary HTTP answer. Counting relies on
+asyncio's selector event loop calling ``accept()`` (Linux, macOS); Windows' proactor loop accepts
+on its own and would not enforce the limit.
 """
 
 from __future__ import annotations
@@ -18,12 +21,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import threading
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 DEFAULT_LIMIT = 200
+# Consul gives the handshake and the 429 a 10 ms write deadline; on a loaded machine (a test run)
+# that turns the refusal into a reset, so a refused TLS connection gets 1 s here, all told.
+TLS_REFUSAL_SECONDS = 1.0
+# At most this many refused TLS connections are answered at once (a thread each); past them a
+# refused connection is just closed, as a failed write would leave it in Consul.
+TLS_REFUSAL_THREADS = 16
 TOO_MANY_CONNECTIONS_TEXT = (
     b"Your IP is issuing too many concurrent connections, please rate limit your calls\n"
 )
@@ -103,11 +114,19 @@ class LimitedListener(socket.socket):
     """A listening socket whose ``accept()`` applies ``limiter`` to each new connection."""
 
     limiter: ConnectionLimiter
+    tls_refusal: TlsRefusal | None
 
     @classmethod
-    def adopt(cls, sock: socket.socket, limiter: ConnectionLimiter) -> LimitedListener:
+    def adopt(
+        cls,
+        sock: socket.socket,
+        limiter: ConnectionLimiter,
+        tls_refusal: TlsRefusal | None = None,
+    ) -> LimitedListener:
+        """``sock``'s listener; with ``tls_refusal`` (HTTPS) the 429 is written through TLS."""
         listener = cls(sock.family, sock.type, sock.proto, sock.detach())
         listener.limiter = limiter
+        listener.tls_refusal = tls_refusal
         return listener
 
     def accept(self) -> tuple[socket.socket, Any]:
@@ -118,7 +137,10 @@ class LimitedListener(socket.socket):
             ip = str(address[0])
             if self.limiter.acquire(ip):
                 return CountedConnection.adopt(conn, partial(self.limiter.release, ip)), address
-            _refuse(conn)
+            if self.tls_refusal is not None:
+                self.tls_refusal.refuse(conn)
+            else:
+                _refuse(conn)
 
 
 class CountedConnection(socket.socket):
@@ -149,19 +171,91 @@ def _refuse(conn: socket.socket) -> None:
             conn.send(TOO_MANY_CONNECTIONS)
 
 
-async def listen(host: str, port: int, limiter: ConnectionLimiter) -> list[LimitedListener]:
+class TlsRefusal:
+    """Consul's answer past the limit over HTTPS: the TLS handshake, the 429 through TLS, a
+    close_notify, then close, all within ``seconds``; done by a thread per connection (never on
+    the server's loop), at most ``threads`` at once. The connection was counted as refused
+    already and never as open: nothing here touches the limiter."""
+
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        seconds: float = TLS_REFUSAL_SECONDS,
+        threads: int = TLS_REFUSAL_THREADS,
+    ) -> None:
+        self.context = context
+        self.seconds = seconds
+        self.threads = threads
+        self._lock = threading.Lock()
+        self._busy = 0
+
+    @property
+    def busy(self) -> int:
+        """Refused connections being answered now (threads running)."""
+        with self._lock:
+            return self._busy
+
+    def refuse(self, conn: socket.socket) -> bool:
+        """Answer ``conn`` from a new thread and return True at once; or, when ``threads`` are
+        busy already (or no thread can be started), close it and return False."""
+        with self._lock:
+            free = self._busy < self.threads
+            if free:
+                self._busy += 1
+        if not free:
+            conn.close()
+            return False
+        try:
+            threading.Thread(
+                target=self._answer, args=(conn,), name="consul-dev-server-429", daemon=True
+            ).start()
+        except RuntimeError:  # can't start new thread
+            self._done()
+            conn.close()
+            return False
+        return True
+
+    def _answer(self, conn: socket.socket) -> None:
+        deadline = time.monotonic() + self.seconds
+        try:
+            with conn, contextlib.suppress(OSError):  # ssl.SSLError and timeouts included
+                conn.settimeout(self.seconds)  # bounds the whole handshake
+                tls = self.context.wrap_socket(
+                    conn, server_side=True, do_handshake_on_connect=False
+                )  # conn is detached now: tls is the one to close
+                with tls:
+                    tls.do_handshake()
+                    tls.settimeout(max(deadline - time.monotonic(), 0.001))
+                    tls.sendall(TOO_MANY_CONNECTIONS)
+                    # the close_notify, without waiting for the client's (Go's Close() does not
+                    # either): non-blocking, unwrap() sends it and stops at SSLWantReadError
+                    tls.setblocking(False)
+                    tls.unwrap()
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        with self._lock:
+            self._busy -= 1
+
+
+async def listen(
+    host: str, port: int, limiter: ConnectionLimiter, ssl_context: ssl.SSLContext | None = None
+) -> list[LimitedListener]:
     """Bound listening sockets for ``host``:``port``, one per address the host resolves to (as
-    asyncio's ``create_server`` binds them). Raises OSError, as binding does."""
+    asyncio's ``create_server`` binds them). With ``ssl_context`` (the server's), connections past
+    the limit get the 429 through TLS. Raises OSError, as binding does."""
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(
         host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )
     addresses = dict.fromkeys((family, sockaddr) for family, _, _, _, sockaddr in infos)
+    tls_refusal = TlsRefusal(ssl_context) if ssl_context is not None else None
     listeners: list[LimitedListener] = []
     try:
         for family, address in addresses:
             sock = socket.create_server(address, family=family)
-            listeners.append(LimitedListener.adopt(sock, limiter))
+            listeners.append(LimitedListener.adopt(sock, limiter, tls_refusal))
     except OSError:
         for listener in listeners:
             listener.close()

@@ -132,7 +132,7 @@ class DevServer:
         await self._runner.setup()
         try:
             # bound here rather than by aiohttp, so that connections are counted as accepted
-            for sock in await listen(self.host, self.port, self.connections):
+            for sock in await listen(self.host, self.port, self.connections, self.ssl_context):
                 await web.SockSite(self._runner, sock, ssl_context=self.ssl_context).start()
         except OSError:
             await self._runner.cleanup()
