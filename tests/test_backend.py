@@ -257,7 +257,7 @@ def test_expired_session_deletes_its_results(make_app, consul_server, consul_pre
     backend = make_app(result_expires=60).backend
     backend.store_result("ttl", 1, states.SUCCESS)
     session = raw_entry(consul_server, consul_prefix + "celery-task-meta-ttl")["Session"]
-    api.put(f"/v1/session/destroy/{session}")  # what TTL expiry does (reference §3.6)
+    api.put(f"/v1/session/destroy/{session}")  # what TTL expiry does (consul-api.md §3.6)
     assert backend.get_task_meta("ttl", cache=False)["status"] == states.PENDING
 
 

@@ -1,4 +1,4 @@
-"""ACL enforcement on a deny-by-default dev server (§1.4, §6 of the reference)."""
+"""ACL enforcement on a deny-by-default dev server (docs/consul-api.md §1.4, §6)."""
 
 from __future__ import annotations
 

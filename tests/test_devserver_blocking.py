@@ -1,4 +1,4 @@
-"""Blocking queries with real timers: the reference's subtle behaviour 22 and §5."""
+"""Blocking queries with real timers: docs/consul-api.md §8.22 and §5 (tagged [§N])."""
 
 from __future__ import annotations
 

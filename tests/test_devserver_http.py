@@ -16,7 +16,7 @@ import requests
         ("/v1/session/list", "OPTIONS,GET"),
     ],
 )
-def test_wrong_method_is_405_with_allow(api, path, allow):  # [§1.1]
+def test_wrong_method_is_405_with_allow(api, path, allow):  # consul-api.md §1.1
     response = api.request("POST", path)
     assert (response.status_code, response.text) == (405, "method POST not allowed")
     assert response.headers["Allow"] == allow
@@ -29,7 +29,7 @@ def test_head_on_kv_is_405(api):
     assert api.request("HEAD", "/v1/kv/x").status_code == 405
 
 
-def test_unknown_paths_and_redirects(api):  # [§1.1]
+def test_unknown_paths_and_redirects(api):  # consul-api.md §1.1
     unknown = api.get("/v1/nope")
     assert (unknown.status_code, unknown.text) == (
         404,
@@ -43,7 +43,7 @@ def test_unknown_paths_and_redirects(api):  # [§1.1]
     assert no_slash.headers["Location"].endswith("/v1/kv/?recurse")
 
 
-def test_datacenter_and_enterprise_parameters(api, consul_prefix):  # [§1.3]
+def test_datacenter_and_enterprise_parameters(api, consul_prefix):  # consul-api.md §1.3
     dc = api.get("/v1/agent/self").json()["Config"]["Datacenter"]
     api.put(f"/v1/kv/{consul_prefix}dc?dc={dc}", b"x")
     assert api.get(f"/v1/kv/{consul_prefix}dc?dc={dc}").status_code == 200
@@ -54,7 +54,7 @@ def test_datacenter_and_enterprise_parameters(api, consul_prefix):  # [§1.3]
     assert ns.text.startswith('Invalid query parameter: "ns"')
 
 
-def test_common_headers_and_compact_go_json(api, consul_prefix):  # [§1.2]
+def test_common_headers_and_compact_go_json(api, consul_prefix):  # consul-api.md §1.2
     key = consul_prefix + "<&>"
     api.put(f"/v1/kv/{consul_prefix}%3C%26%3E", b"x")
     response = api.get(f"/v1/kv/{consul_prefix}%3C%26%3E")
@@ -67,13 +67,13 @@ def test_common_headers_and_compact_go_json(api, consul_prefix):  # [§1.2]
     assert pretty.json() == response.json()
 
 
-def test_writes_send_no_index_headers(api, consul_prefix):  # [§1.2]
+def test_writes_send_no_index_headers(api, consul_prefix):  # consul-api.md §1.2
     response = api.put(f"/v1/kv/{consul_prefix}w", b"x")
     assert "X-Consul-Index" not in response.headers
     assert response.headers["Content-Type"] == "application/json"
 
 
-def test_status_and_agent_self(api, consul_server):  # [§7]
+def test_status_and_agent_self(api, consul_server):  # consul-api.md §7
     leader = api.get("/v1/status/leader").json()
     assert leader
     peers = api.get("/v1/status/peers").json()
@@ -93,7 +93,7 @@ def test_status_and_agent_self(api, consul_server):  # [§7]
     assert client.agent.self()["Config"]["NodeName"] == info["Config"]["NodeName"]
 
 
-def test_error_statuses_are_plain_text(api, consul_prefix):  # [§8.24]
+def test_error_statuses_are_plain_text(api, consul_prefix):  # consul-api.md §8.24
     cases = [
         api.get(f"/v1/kv/{consul_prefix}x?wait=bad"),  # 400 input
         api.request("POST", "/v1/kv/x"),  # 405 method

@@ -1,6 +1,6 @@
-"""KV conformance: the reference's subtle behaviours 1-14, 23 and 25, and KV error paths.
+"""KV conformance: docs/consul-api.md §8.1-§8.14, §8.23, §8.25, and KV error paths.
 
-Each test names the item of ``consul-http-semantics.md`` §8 it covers as ``[§8.N]``.
+Each test names the item of ``docs/consul-api.md`` §8 it covers as ``[§8.N]``.
 """
 
 from __future__ import annotations

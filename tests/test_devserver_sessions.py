@@ -1,4 +1,4 @@
-"""Session conformance: the reference's subtle behaviours 15-18 and session error paths.
+"""Session conformance: docs/consul-api.md §8.15-§8.18 (tagged [§8.N]) and session error paths.
 
 TTL and lock-delay tests use real timers, shortened the ways Consul allows: a low
 ``session_ttl_min`` (set through the shared server's options, or CONSUL_SESSION_TTL_MIN for a real

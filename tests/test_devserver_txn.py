@@ -1,4 +1,4 @@
-"""Transaction conformance: the reference's subtle behaviours 19-21 and every KV verb."""
+"""Transaction conformance: docs/consul-api.md §8.19-§8.21 (tagged [§8.N]) and every KV verb."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The dev server's state: KV entries, sessions, indexes and tombstones, with Consul's semantics.
 
 Everything here is synchronous and HTTP-free, so the rules of the reference
-(``shared/consul-http-semantics.md``) live in one place: the HTTP layer only parses requests and
+(``docs/consul-api.md``) live in one place: the HTTP layer only parses requests and
 renders what this module returns. All state is touched from the server's event loop thread only.
 
 Every mutation goes through :meth:`Store._write_entry` / :meth:`Store._write_session` inside a
