@@ -77,7 +77,7 @@ async def _completed(
             try:
                 await asyncio.wait_for(event.wait(), left)
             except asyncio.TimeoutError:
-                raise TimeoutError("The operation timed out.") from None
+                raise TimeoutError("The operation timed out.") from waiter.last_error
             event.clear()
             while waiter.ready:
                 task_id, meta = waiter.ready.popleft()

@@ -22,12 +22,18 @@ from . import forks
 logger = logging.getLogger(__name__)
 
 
+MAX_ROUND = 10.0  # a round ends by then, so that timers scheduled meanwhile run in time
+
+
 class Worker(Protocol):
     """Work that comes in rounds (the waiting service): ``round(until)`` does one round, which
     must not outlast ``until`` (monotonic time) by more than a request timeout, and returns
-    when the next round is due (None: nothing to do until woken)."""
+    when the next round is due (None: nothing to do until woken). ``cut_short()`` (from another
+    thread) ends a round early: an urgent timer is due before it would end."""
 
     def round(self, until: float) -> float | None: ...
+
+    def cut_short(self) -> None: ...
 
 
 class Timer:
@@ -37,6 +43,7 @@ class Timer:
         self.when = when
         self.fn = fn
         self.cancelled = False
+        self.fired = False
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -52,19 +59,38 @@ class Background:
     def reset(self) -> None:
         self._cond = threading.Condition()
         self._timers: list[tuple[float, int, Timer]] = []
+        self._urgent: list[
+            tuple[float, int, Timer]
+        ] = []  # the urgent ones again: rounds end by them
         self._order = itertools.count()
         self._workers: dict[Worker, float] = {}  # worker -> when its next round is due
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._running: tuple[Worker, float] | None = None  # the round in progress, its end
 
-    def call_later(self, delay: float, fn: Callable[[], object]) -> Timer:
-        """Run ``fn()`` on the background thread in ``delay`` seconds."""
+    def call_later(self, delay: float, fn: Callable[[], object], urgent: bool = False) -> Timer:
+        """Run ``fn()`` on the background thread in ``delay`` seconds. Rounds end by the next
+        ``urgent`` timer (one due before the round in progress would end cuts it short); other
+        timers may wait for a round to end, at most ``MAX_ROUND`` seconds."""
         timer = Timer(time.monotonic() + delay, fn)
         with self._cond:
-            heapq.heappush(self._timers, (timer.when, next(self._order), timer))
+            earliest = not self._timers or timer.when < self._timers[0][0]
+            entry = (timer.when, next(self._order), timer)
+            heapq.heappush(self._timers, entry)
+            if urgent:
+                heapq.heappush(self._urgent, entry)
             self._start()
-            self._cond.notify()
+            if earliest:  # else the thread already wakes in time for it
+                self._cond.notify()
+            running = self._running
+        if urgent and running is not None and timer.when < running[1]:
+            running[0].cut_short()
         return timer
+
+    def on_thread(self) -> bool:
+        """Whether the caller is the background thread (whose own timers cannot fire while it
+        is busy with the caller's request)."""
+        return threading.current_thread() is self._thread
 
     def wake(self, worker: Worker) -> None:
         """Run a round of ``worker`` now (it has new work)."""
@@ -110,29 +136,35 @@ class Background:
 
     def _next(self) -> tuple[Timer | None, Worker | None, float]:
         """What to do now: a due timer, else a due worker round (with the time it must end
-        by: the next timer), else nothing until the returned time."""
+        by: the next urgent timer), else nothing until the returned time."""
         now = time.monotonic()
-        while self._timers and self._timers[0][2].cancelled:
-            heapq.heappop(self._timers)
+        for heap in (self._timers, self._urgent):
+            while heap and (heap[0][2].cancelled or heap[0][2].fired):
+                heapq.heappop(heap)
         next_timer = self._timers[0][0] if self._timers else float("inf")
         if self._stopping:
             return None, None, now
         if next_timer <= now:
-            return heapq.heappop(self._timers)[2], None, next_timer
+            timer = heapq.heappop(self._timers)[2]
+            timer.fired = True
+            return timer, None, next_timer
         for worker, when in self._workers.items():
             if when <= now:
-                return None, worker, next_timer
+                return None, worker, self._urgent[0][0] if self._urgent else float("inf")
         return None, None, min([next_timer, *self._workers.values()])
 
     def _run_round(self, worker: Worker, until: float) -> None:
+        until = min(until, time.monotonic() + MAX_ROUND)
         with self._cond:
             self._workers[worker] = float("inf")  # a wake during the round asks for another
+            self._running = (worker, until)
         try:
             due = worker.round(until)
         except Exception:  # a worker's bug must not end the thread every waiter relies on
             logger.exception("consulresults background round failed")
             due = time.monotonic() + 1.0
         with self._cond:
+            self._running = None
             if self._workers.get(worker) == float("inf"):
                 if due is None:
                     del self._workers[worker]

@@ -8,12 +8,9 @@ key, then a join) still finish, Celery's way, with every wait of the join bounde
 
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
-import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, cast
 
 from celery import states
@@ -23,10 +20,10 @@ from celery.exceptions import ChordError
 from celery.result import GroupResult, ResultBase, result_from_tuple
 from celery.utils.log import get_logger
 from kombu.utils.encoding import str_to_bytes
-from kombu.utils.objects import cached_property
 
 from .chords import ChordUnknown
 from .connection import ConsulError
+from .deadline import within
 
 logger = get_logger(__name__)
 JOIN_BOUND = 3.0  # Celery's default result_chord_join_timeout
@@ -35,11 +32,6 @@ JOIN_BOUND = 3.0  # Celery's default result_chord_join_timeout
 class ChordMixin(KeyValueStoreBackend):
     """Chords for :class:`consulresults.backend.ConsulBackend` (which provides ``chords``,
     ``_plan``, ``_write``, ``_update``, ``_key`` and ``_retrying``)."""
-
-    @cached_property
-    def _waits(self) -> threading.local:
-        """This thread's wait deadline, if a chord join set one (:meth:`_waits_bounded`)."""
-        return threading.local()
 
     @property
     def chord_expires(self) -> float | None:
@@ -191,25 +183,8 @@ class ChordMixin(KeyValueStoreBackend):
     def _legacy_part_return(self, request: Any, state: str, result: Any, **kwargs: Any) -> None:
         """A chord applied by an earlier release (one counter key): finish it as that release
         did, Celery's way, but with every wait of the join bounded."""
-        with self._waits_bounded(self.app.conf.result_chord_join_timeout or JOIN_BOUND):
+        with within(self.app.conf.result_chord_join_timeout or JOIN_BOUND):
             super().on_chord_part_return(request, state, result, **kwargs)
-
-    @contextlib.contextmanager
-    def _waits_bounded(self, seconds: float) -> Iterator[None]:
-        """Within this block no wait of this thread outlives ``seconds`` from now, even one
-        Celery starts without a timeout (``join_native`` on a nested group)."""
-        self._waits.deadline = time.monotonic() + seconds
-        try:
-            yield
-        finally:
-            self._waits.deadline = None
-
-    def _bounded(self, timeout: float | None) -> float | None:
-        deadline: float | None = getattr(self._waits, "deadline", None)
-        if deadline is None:
-            return timeout
-        left = max(0.0, deadline - time.monotonic())
-        return left if timeout is None else min(timeout, left)
 
     # ---------------------------------------------------------- the previous release's counter
 

@@ -18,6 +18,7 @@ parent gets an empty callback, which is never called; a callback this module can
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import threading
 import time
@@ -30,6 +31,7 @@ from celery.backends.base import KeyValueStoreBackend
 from celery.exceptions import TimeoutError
 from kombu.utils.encoding import bytes_to_str
 
+from .deadline import after, passed, until, within
 from .kv import Entry, KVStore
 from .waiting import WAITING, Watch
 
@@ -39,6 +41,20 @@ _PARENTS: contextvars.ContextVar[tuple[str, ...] | None] = contextvars.ContextVa
 _UNREADABLE = object()
 MAX_PARENT_KEYS = 1024
 PERIODIC_MIN = 0.5
+
+
+@contextlib.contextmanager
+def timing_out(message: str) -> Iterator[None]:
+    """A failure once the deadline has passed is Celery's ``TimeoutError``, with the failure
+    chained: whichever layer gave up first, the caller sees that its time ran out."""
+    try:
+        yield
+    except TimeoutError:
+        raise
+    except Exception as exc:
+        if not passed():
+            raise
+        raise TimeoutError(message) from exc
 
 
 def parent_ids(result: Any) -> tuple[str, ...]:
@@ -92,6 +108,7 @@ class _Waiter:
         self.ready: deque[tuple[str, dict[str, Any]]] = deque()
         self.parent_failed: tuple[str, dict[str, Any]] | None = None  # its id and meta
         self.error: BaseException | None = None
+        self.last_error: BaseException | None = None  # chained to a timeout
         self.event = threading.Event()
         self._notify = notify or self.event.set
         self._decode = decode
@@ -128,7 +145,7 @@ class _Waiter:
 
 class WaitingMixin(KeyValueStoreBackend):
     """Waits for :class:`consulresults.backend.ConsulBackend` (which provides ``store``,
-    ``_key``, ``_retrying``, ``_bounded``, ``_wait_policy`` and ``always_retry``)."""
+    ``_key``, ``_retrying`` and ``_wait_policy``)."""
 
     store: KVStore
 
@@ -148,12 +165,21 @@ class WaitingMixin(KeyValueStoreBackend):
         no_ack: bool = True,
         on_interval: Callable[[], object] | None = None,
     ) -> dict[str, Any]:
-        """The result's meta once it is ready; ``TimeoutError`` after ``timeout`` seconds."""
+        """The result's meta once it is ready; ``TimeoutError`` after ``timeout`` seconds,
+        whatever fails meanwhile (the last failure chained), plus at most a request timeout."""
         self._ensure_not_eager()
         cached: dict[str, Any] | None = self._cache.get(task_id)
         if cached and cached["status"] in states.READY_STATES:
             return cached
-        deadline = self._deadline(timeout)
+        with within(timeout), timing_out("The operation timed out."):
+            meta = self._wait_for(task_id, on_interval, interval)
+        if meta["status"] == states.SUCCESS:
+            self._cache[task_id] = meta
+        return meta
+
+    def _wait_for(
+        self, task_id: str, on_interval: Callable[[], object] | None, interval: float
+    ) -> dict[str, Any]:
         parents = _PARENTS.get()
         checks = checks_needed(on_interval, parents)
         key = self._key(self.get_key_for_task(task_id))
@@ -162,11 +188,9 @@ class WaitingMixin(KeyValueStoreBackend):
             watched = {self._key(self.get_key_for_task(p)): p for p in parents or ()}
             parents_watched = watched if checks == "parents" else {}
             waiter = _Waiter(self.store, {key: task_id}, parents_watched, self._meta)
-            meta = self._wait(waiter, deadline, on_interval, checks, interval)
+            meta = self._wait(waiter, after(None), on_interval, checks, interval)
         if on_interval is not None and checks != "none" and meta["status"] != states.SUCCESS:
             on_interval()  # a failed chord body: raise the failed header task's own error
-        if meta["status"] == states.SUCCESS:
-            self._cache[task_id] = meta
         return meta
 
     def _wait(
@@ -191,7 +215,7 @@ class WaitingMixin(KeyValueStoreBackend):
                 if on_interval is not None and (failed or periodic):
                     on_interval()
                 if deadline is not None and time.monotonic() >= deadline:
-                    raise TimeoutError("The operation timed out.")
+                    raise TimeoutError("The operation timed out.") from waiter.last_error
         finally:
             WAITING.cancel(waiter.watch)
 
@@ -199,12 +223,10 @@ class WaitingMixin(KeyValueStoreBackend):
         """A failed round of the service is the caller's error, unless Celery's retry policy
         (``result_backend_always_retry``) says to keep waiting through it."""
         error, waiter.error = waiter.error, None
-        if error is not None and not self._wait_policy.should_retry(error):
-            raise error
-
-    def _deadline(self, timeout: float | None) -> float | None:
-        timeout = self._bounded(timeout)
-        return None if timeout is None else time.monotonic() + timeout
+        if error is not None:
+            waiter.last_error = error
+            if not self._wait_policy.should_retry(error):
+                raise error
 
     def _meta_now(self, key: str) -> dict[str, Any]:
         entry = self.store.entry(key)
@@ -234,14 +256,30 @@ class WaitingMixin(KeyValueStoreBackend):
             if cached and cached["status"] in READY_STATES:
                 ids.discard(task_id)
                 yield task_id, cached
-        deadline = self._deadline(timeout)
+        yield from self._get_many(
+            ids, timeout, interval, on_message, on_interval, max_iterations, READY_STATES
+        )
+
+    def _get_many(
+        self,
+        ids: set[str],
+        timeout: float | None,
+        interval: float,
+        on_message: Callable[[dict[str, Any]], object] | None,
+        on_interval: Callable[[], object] | None,
+        max_iterations: int | None,
+        ready_states: frozenset[str],
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        deadline, message = after(timeout), f"Operation timed out ({timeout})"
         keys = {self._key(self.get_key_for_task(task_id)): task_id for task_id in ids}
-        waiter = _Waiter(self.store, keys, {}, self._meta, READY_STATES)
-        for key, entry in self._retrying(self.store.entries, list(keys)).items():
+        waiter = _Waiter(self.store, keys, {}, self._meta, ready_states)
+        with until(deadline), timing_out(message):  # not held across a yield
+            entries = self._retrying(self.store.entries, list(keys))
+        for key, entry in entries.items():
             waiter.watch.offer(key, entry)
         if waiter.watch.keys:
             WAITING.watch(self.store, waiter.watch)
-        remaining, iterations = len(keys), 0
+        unfinished, iterations = len(keys), 0
         try:
             while True:
                 while waiter.ready:
@@ -249,12 +287,12 @@ class WaitingMixin(KeyValueStoreBackend):
                     self._cache[task_id] = meta
                     if on_message is not None:
                         on_message(meta)
-                    remaining -= 1
+                    unfinished -= 1
                     yield task_id, meta
-                if not remaining:
+                if not unfinished:
                     return
                 if deadline is not None and time.monotonic() >= deadline:
-                    raise TimeoutError(f"Operation timed out ({timeout})")
+                    raise TimeoutError(message) from waiter.last_error
                 self._raise_unless_retried(waiter)
                 if on_interval is not None:
                     on_interval()

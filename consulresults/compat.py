@@ -12,7 +12,7 @@ from __future__ import annotations
 import consul.base
 import requests
 
-from . import connection
+from . import exceptions as connection  # the classes raised as these
 
 
 class ConsulError(connection.ConsulError, consul.base.ConsulException):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import ipaddress
 import json
 import random
 import select
@@ -27,11 +28,17 @@ import time
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import quote, urlencode
 
 from . import __version__, forks
 from .background import BACKGROUND, Timer
+from .deadline import clamp
+from .exceptions import ConsulError as ConsulError  # re-exported: the documented home
+from .exceptions import ConsulTimeout as ConsulTimeout
+from .exceptions import ConsulTLSError as ConsulTLSError
+from .exceptions import ConsulUnreachable as ConsulUnreachable
+from .exceptions import PermissionDenied as PermissionDenied
 from .settings import ConsulSettings, SettingsError
 
 MAX_AGE = 30.0
@@ -41,51 +48,6 @@ PUSHBACK_BACKOFF = (0.02, 1.0)  # full jitter: the first retry within 40 ms, non
 USER_AGENT = f"consul-results/{__version__}"
 _CONSISTENT_READS = ("/v1/kv/", "/v1/session/info/", "/v1/session/list")
 _E = TypeVar("_E", bound=BaseException)
-
-
-class ConsulError(Exception):
-    """An answer from Consul that is not what the request expected, with its HTTP status.
-    Raised as python-consul2's ``ConsulException`` too (:mod:`consulresults.compat`)."""
-
-    def __init__(self, status: int, text: str) -> None:
-        super().__init__(f"{status} {text}")
-        self.status = status
-        self.text = text
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return type(self), (self.status, self.text)  # pickled as built, not as its message
-
-    @property
-    def transient(self) -> bool:
-        """Worth trying again: rate limited (429), or the servers are busy or leaderless (5xx)."""
-        return self.status == 429 or 500 <= self.status < 600
-
-
-class PermissionDenied(ConsulError):
-    """The ACL token may not do this (a 403, or a "Permission denied" operation in a txn).
-    Its text is Consul's own, as python-consul2 gives it."""
-
-    def __str__(self) -> str:
-        return self.text
-
-
-class ConsulUnreachable(OSError):
-    """No answer: the connection was refused, reset or closed, or the name did not resolve.
-    ``reason`` says which in a few words; ``address`` is the agent's URL."""
-
-    def __init__(self, message: str = "", address: str = "", reason: str = "") -> None:
-        super().__init__(message)
-        self.address = address
-        self.reason = reason
-
-
-class ConsulTLSError(ConsulUnreachable):
-    """The TLS handshake failed (an untrusted certificate, a missing client certificate...)."""
-
-
-class ConsulTimeout(OSError):
-    """Consul took longer than the timeout; the message says which agent, which request and
-    what to do."""
 
 
 def compatible(cls: type[_E]) -> type[_E]:
@@ -216,7 +178,13 @@ class _Connection(http.client.HTTPConnection):
         return self._context is not None
 
     def connect(self) -> None:
-        super().connect()
+        """Connect within the timeout, name resolution included (which the socket's timeout
+        does not bound: a slow resolver would otherwise outlast any deadline)."""
+        timeout = cast(float, self.timeout)  # the transport sets it before connecting
+        self.sock = socket.create_connection(
+            (_resolved(self.host, self.port, timeout), self.port), timeout
+        )
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._context is not None:
             self.sock = self._context.wrap_socket(self.sock, server_hostname=self._server_name)
             self.secured = True
@@ -230,7 +198,37 @@ class _Connection(http.client.HTTPConnection):
         return bool(poller.poll(0))
 
 
-class PoolExhausted(TimeoutError):
+def _resolved(host: str, port: int, timeout: float) -> str:
+    """The address ``host`` resolves to, looked up on a helper thread so that the lookup ends
+    within ``timeout`` (``socket.getaddrinfo`` takes no timeout of its own)."""
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    found: list[Any] = []
+
+    def lookup() -> None:
+        try:
+            found.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0])
+        except OSError as exc:
+            found.append(exc)
+
+    worker = threading.Thread(target=lookup, name="consulresults-resolve", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not found:
+        raise Late(f"looking up {host} took over {timeout:g} s")
+    if isinstance(found[0], OSError):
+        raise found[0]
+    return cast(str, found[0])
+
+
+class Late(TimeoutError):
+    """A time-out of this module's own (not a socket's), with a message saying what was late."""
+
+
+class PoolExhausted(Late):
     """No connection of the budget came free within the request's timeout."""
 
 
@@ -529,7 +527,7 @@ class Transport:
             long,
             interrupt,
         )
-        give_up = time.monotonic() + self.backpressure_patience
+        give_up = time.monotonic() + clamp(self.backpressure_patience)
         tries = 0
         while True:
             try:
@@ -539,6 +537,7 @@ class Transport:
                 low, cap = PUSHBACK_BACKOFF
                 delay = random.uniform(0, min(cap, low * 2**tries))
                 if time.monotonic() + delay >= give_up:
+                    time.sleep(max(0.0, give_up - time.monotonic()))  # give up when due
                     raise compatible(ConsulError)(
                         429,
                         f"{PUSHBACK_TEXT} (the agent at {self.base_uri} refused connections for "
@@ -551,10 +550,10 @@ class Transport:
         method, path, timeout = request.method, request.path, request.timeout
         try:
             return self._exchange(request)
-        except TimeoutError as exc:  # PoolExhausted is one
+        except TimeoutError as exc:  # Late ones too
             raise compatible(ConsulTimeout)(
                 f"Consul at {self.base_uri} did not answer {method} {path} within {timeout:g} s "
-                f"({f'{exc}; ' if isinstance(exc, PoolExhausted) else ''}if it is just slow, "
+                f"({f'{exc}; ' if isinstance(exc, Late) else ''}if it is just slow, "
                 "raise the backend's timeout option, e.g. ?timeout=30)"
             ) from exc
         except (OSError, http.client.HTTPException, zlib.error) as exc:
@@ -567,32 +566,16 @@ class Transport:
             ) from exc
 
     def _exchange(self, request: _Request) -> Answer:
-        timeout, long, interrupt = request.timeout, request.long, request.interrupt
-        connection = self.pool.take(long, time.monotonic() + timeout)
+        long = request.long
+        connection = self.pool.take(long, time.monotonic() + clamp(request.timeout))
         try:
-            connection.timeout = timeout
-            if connection.sock is not None:
-                connection.sock.settimeout(timeout)
-            elif interrupt is not None:
-                connection.connect()  # a socket to shut down before the request may block
-            if interrupt is not None:
-                interrupt.attach(connection)
-            connection.request(
-                request.method, request.target, body=request.body, headers=request.headers
-            )
-            response = connection.getresponse()
-            content = response.read()
+            response, content = self._talk(connection, request)
         except BaseException as exc:
             self.pool.discard(connection, long)
-            if interrupt is not None and interrupt.fired:
-                raise Interrupted() from exc
             if _refused_at_accept(connection, exc):
                 self.pool.pushed_back()
                 raise BackPressure() from exc
             raise
-        finally:
-            if interrupt is not None:
-                interrupt.attach(None)
         if response.status == 429 and content.startswith(PUSHBACK_TEXT.encode()):
             self.pool.discard(connection, long)
             self.pool.pushed_back()
@@ -605,6 +588,45 @@ class Transport:
         if response.headers.get("Content-Encoding") == "gzip":
             content = zlib.decompress(content, 16 + zlib.MAX_WBITS)
         return Answer(response.status, response.headers, content)
+
+    @staticmethod
+    def _talk(connection: _Connection, request: _Request) -> tuple[http.client.HTTPResponse, bytes]:
+        """Send ``request`` and read the whole answer within its timeout: the socket's timeout
+        bounds each receive, and a watchdog on the background thread cuts an answer that
+        trickles in for longer (its socket is shut down). The background thread's own
+        requests (the waiting service's reads) have the socket's timeout only."""
+        timeout, interrupt = request.timeout, request.interrupt
+        watchdog = Interrupt()
+        # not on the background thread itself, which is the one that would fire it
+        timer = (
+            None
+            if BACKGROUND.on_thread()
+            else BACKGROUND.call_later(timeout, watchdog.fire, urgent=True)
+        )
+        try:
+            connection.timeout = timeout
+            if connection.sock is None:
+                connection.connect()  # a socket to shut down before the request may block
+            connection.sock.settimeout(timeout)
+            watchdog.attach(connection)
+            if interrupt is not None:
+                interrupt.attach(connection)
+            connection.request(
+                request.method, request.target, body=request.body, headers=request.headers
+            )
+            response = connection.getresponse()
+            return response, response.read()
+        except BaseException as exc:
+            if interrupt is not None and interrupt.fired:
+                raise Interrupted() from exc
+            if watchdog.fired and not isinstance(exc, TimeoutError):
+                raise TimeoutError("timed out") from exc  # as the socket's own time-out
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if interrupt is not None:
+                interrupt.attach(None)
 
     def request(
         self,

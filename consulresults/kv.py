@@ -21,6 +21,7 @@ from typing import Any, cast
 
 from . import layout
 from .connection import ConsulError, Interrupt, Response, Transport, TxnAnswer, is_transient
+from .deadline import clamp
 from .expiry import ExpiryPlan, SessionPool
 from .retry import RetryPolicy, doubling, full_jitter
 
@@ -176,6 +177,7 @@ class KVStore:
         consistency: str | None = None,
         interrupt: Interrupt | None = None,
     ) -> tuple[Response, int]:
+        wait = clamp(wait)  # a caller's deadline: never wait past it
         long = bool(index and wait > 0)
         if long:
             params = [*params, ("index", str(index)), ("wait", f"{max(1, int(wait * 1000))}ms")]

@@ -17,6 +17,7 @@ from typing import Any, TypeVar, cast
 from . import layout
 from .codec import decode_meta
 from .connection import ConsulError
+from .deadline import after, until
 from .expiry import ExpiryPlan, in_use, made_for
 from .kv import Entry, KVStore, decoded
 from .retry import RetryPolicy
@@ -219,12 +220,19 @@ class ResultOperations:
         ``timeout`` seconds (None: as long as it takes). One read, then the process's waiting
         service: the answer comes one blocking round trip after the result is stored."""
         parsed = self._task_key(task_id)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        found = self._waiting(self.fetch, task_id)
+        deadline = after(timeout)
+        late = f"task {task_id} was not ready within {timeout:g} s" if timeout else ""
+        try:
+            with until(deadline):
+                found = self._waiting(self.fetch, task_id)
+        except Exception as exc:
+            if not (deadline and time.monotonic() >= deadline):
+                raise
+            raise WaitTimeout(late) from exc
         if found is not None and _final(found):
             return found
         news: list[StoredResult | BaseException] = []
-        arrived = threading.Event()
+        arrived, last = threading.Event(), None
 
         def changed(key: str, entry: Entry) -> bool:
             stored = self._stored(parsed, entry)
@@ -249,8 +257,9 @@ class ResultOperations:
                         return got
                     if not (self.retry and self.retry.should_retry(got)):
                         raise got
+                    last = got
                 if deadline is not None and time.monotonic() >= deadline:
-                    raise WaitTimeout(f"task {task_id} was not ready within {timeout:g} s")
+                    raise WaitTimeout(late) from last
         finally:
             WAITING.cancel(watch)
 

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from .deadline import remaining, within
+
 T = TypeVar("T")
 
 
@@ -26,24 +28,29 @@ class RetryPolicy:
     on_retry: Callable[[BaseException, int], None] | None = None
 
     def call(self, fn: Callable[[], T]) -> T:
-        """``fn()``, tried again while the policy allows; the last failure is raised as it is."""
-        deadline = None if self.patience is None else time.monotonic() + self.patience
-        retries = 0
-        while True:
-            try:
-                return fn()
-            except Exception as exc:
-                if not self.should_retry(exc) or self._exhausted(retries, deadline):
-                    raise
-                retries += 1
-                if self.on_retry:
-                    self.on_retry(exc, retries)
-                time.sleep(self.delay(retries))
+        """``fn()``, tried again while the policy allows; the last failure is raised as it is.
+        The patience is a deadline for everything inside (:mod:`consulresults.deadline`), and
+        no retry is made that would start after the caller's deadline."""
+        with within(self.patience):
+            retries = 0
+            while True:
+                try:
+                    return fn()
+                except Exception as exc:
+                    pause = self.delay(retries + 1)
+                    if not self.should_retry(exc) or self._exhausted(retries):
+                        raise
+                    left = remaining()
+                    if left is not None and pause >= left:
+                        time.sleep(left)  # no time for another try: give up at the deadline
+                        raise
+                    retries += 1
+                    if self.on_retry:
+                        self.on_retry(exc, retries)
+                    time.sleep(pause)
 
-    def _exhausted(self, retries: int, deadline: float | None) -> bool:
-        if self.max_retries is not None and retries >= self.max_retries:
-            return True
-        return deadline is not None and time.monotonic() >= deadline
+    def _exhausted(self, retries: int) -> bool:
+        return self.max_retries is not None and retries >= self.max_retries
 
 
 def doubling(first: float) -> Callable[[int], float]:

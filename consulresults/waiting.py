@@ -108,10 +108,11 @@ class WaitingService:
             group.watches.add(watch)
             if read_now:
                 group.fresh.update(watch.keys)
-            cut_short = group.long_key is not None and bool(watch.keys - {group.long_key})
-            if cut_short and group.interrupt is not None:
-                group.interrupt.fire()
-                group.no_long_until = time.monotonic() + INTERRUPT_HOLDOFF
+            for blocking in self._groups.values():  # this group's, or another one's
+                cut_short = blocking.long_key is not None and watch.keys != {blocking.long_key}
+                if cut_short and blocking.interrupt is not None:
+                    blocking.interrupt.fire()
+                    blocking.no_long_until = time.monotonic() + INTERRUPT_HOLDOFF
         BACKGROUND.wake(self)
 
     def cancel(self, watch: Watch) -> None:
@@ -129,6 +130,13 @@ class WaitingService:
         """The key of the long blocking read in progress, if one is."""
         with self._lock:
             return next((g.long_key for g in self._groups.values() if g.long_key), None)
+
+    def cut_short(self) -> None:
+        """End the long blocking read in progress, if any (an urgent timer is due first)."""
+        with self._lock:
+            for group in self._groups.values():
+                if group.interrupt is not None:
+                    group.interrupt.fire()
 
     def round(self, until: float) -> float | None:
         """One round over every group (the background thread calls it); when the next is due."""
@@ -168,7 +176,9 @@ class WaitingService:
 
     def _long_round(self, group: _Group, key: str, until: float) -> float:
         """One blocking read of the only key waited on; a new waiter may cut it short."""
-        wait = max(0.0, min(LONG_WAIT, until - time.monotonic()))
+        # no longer than a request timeout: requests sent meanwhile have timers to keep
+        timeout = group.store.transport.timeout
+        wait = max(0.0, min(LONG_WAIT, timeout, until - time.monotonic()))
         interrupt = Interrupt()
         with self._lock:
             group.long_key, group.interrupt = key, interrupt
