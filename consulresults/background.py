@@ -1,9 +1,11 @@
 """The process's one background thread, for everything the package does in the background:
-timers (session renewals, closing idle connections) and the waiting service's rounds.
+timers (session renewals, closing idle connections, request watchdogs) and the waiting
+service's rounds.
 
 One thread, however many backend instances (Celery makes one per thread), started when first
-needed, gone after ``fork`` (a prefork child starts its own when it needs one) and stopped at
-exit. Under gevent's monkey-patching it is a greenlet, like every thread.
+needed and gone as soon as nothing is scheduled or waited on (an idle process runs none), gone
+after ``fork`` (a prefork child starts its own when it needs one) and stopped at exit. Under
+gevent's monkey-patching it is a greenlet, like every thread.
 """
 
 from __future__ import annotations
@@ -39,14 +41,15 @@ class Worker(Protocol):
 class Timer:
     """A call scheduled on the background thread; :meth:`cancel` unschedules it."""
 
-    def __init__(self, when: float, fn: Callable[[], object]) -> None:
+    def __init__(self, when: float, fn: Callable[[], object], owner: Background) -> None:
         self.when = when
         self.fn = fn
         self.cancelled = False
         self.fired = False
+        self._owner = owner
 
     def cancel(self) -> None:
-        self.cancelled = True
+        self._owner._settle(self, cancelled=True)
 
 
 class Background:
@@ -67,13 +70,15 @@ class Background:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._running: tuple[Worker, float] | None = None  # the round in progress, its end
+        self._live = 0  # timers neither fired nor cancelled: the thread stays while any are
 
     def call_later(self, delay: float, fn: Callable[[], object], urgent: bool = False) -> Timer:
         """Run ``fn()`` on the background thread in ``delay`` seconds. Rounds end by the next
         ``urgent`` timer (one due before the round in progress would end cuts it short); other
         timers may wait for a round to end, at most ``MAX_ROUND`` seconds."""
-        timer = Timer(time.monotonic() + delay, fn)
+        timer = Timer(time.monotonic() + delay, fn, self)
         with self._cond:
+            self._live += 1
             earliest = not self._timers or timer.when < self._timers[0][0]
             entry = (timer.when, next(self._order), timer)
             heapq.heappush(self._timers, entry)
@@ -87,6 +92,11 @@ class Background:
             running[0].cut_short()
         return timer
 
+    def alive(self) -> bool:
+        """Whether the thread is running now."""
+        with self._cond:
+            return self._thread is not None
+
     def on_thread(self) -> bool:
         """Whether the caller is the background thread (whose own timers cannot fire while it
         is busy with the caller's request)."""
@@ -98,6 +108,14 @@ class Background:
             self._workers[worker] = 0.0
             self._start()
             self._cond.notify()
+
+    def _settle(self, timer: Timer, cancelled: bool) -> None:
+        """A timer fired or was cancelled: one fewer reason for the thread to stay."""
+        with self._cond:
+            if not (timer.cancelled or timer.fired):
+                self._live -= 1
+            timer.cancelled = timer.cancelled or cancelled
+            timer.fired = timer.fired or not cancelled
 
     def pending(self) -> list[Timer]:
         """The timers not yet run (for a clean exit that runs some of them early)."""
@@ -125,7 +143,8 @@ class Background:
             with self._cond:
                 due, worker, until = self._next()
                 if due is None and worker is None:
-                    if self._stopping:
+                    if self._stopping or not (self._live or self._workers):
+                        self._thread = None  # nothing to do: gone until needed again
                         return
                     self._cond.wait(None if until == float("inf") else until - time.monotonic())
                     continue
@@ -146,6 +165,7 @@ class Background:
             return None, None, now
         if next_timer <= now:
             timer = heapq.heappop(self._timers)[2]
+            self._live -= 1
             timer.fired = True
             return timer, None, next_timer
         for worker, when in self._workers.items():

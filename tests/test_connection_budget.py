@@ -87,6 +87,46 @@ def test_idle_connections_are_closed(consul_server):
     wait_until(lambda: transport.pool.stats()["open"] == 0, what="the idle connection closed")
 
 
+THREADS_SCRIPT = """
+import sys, threading, time
+from celery import Celery, states
+from consulresults.background import BACKGROUND
+
+url, token = sys.argv[1], sys.argv[2] or None
+apps = [Celery(set_as_current=False) for _ in range(5)]
+for i, app in enumerate(apps):
+    app.conf.update(result_backend=url, result_expires=3600, consulresults_token=token,
+                    consulresults_idle_timeout=0.3)
+    app.backend.store_result(f"thread-{i}", i, states.SUCCESS)  # a backend per app
+    assert app.AsyncResult(f"thread-{i}").get(timeout=10) == i
+names = [t.name for t in threading.enumerate()]
+assert names.count("consulresults-background") == 1, names
+deadline = time.monotonic() + 30
+while BACKGROUND.alive():  # idle connections are closed, then nothing is left to do
+    assert time.monotonic() < deadline, BACKGROUND.pending()
+    time.sleep(0.05)
+print([t.name for t in threading.enumerate()])
+"""
+
+
+def test_one_background_thread_gone_when_nothing_is_left_to_do(consul_server, consul_prefix):
+    """Five backends (Celery makes one per thread) share one background thread, which goes once
+    nothing is scheduled or waited on: no thread is left behind (in a fresh process, so that
+    no other test's timers keep it)."""
+    import subprocess
+    import sys
+
+    url = backend_url(consul_server, consul_prefix)
+    done = subprocess.run(
+        [sys.executable, "-c", THREADS_SCRIPT, url, consul_server.token or ""],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "['MainThread']"
+
+
 def test_an_old_connection_is_not_kept(consul_server, monkeypatch):
     from consulresults import connection
 
