@@ -22,7 +22,7 @@ from typing import Any
 from celery.exceptions import TimeoutError
 from celery.result import AsyncResult, GroupResult
 
-from .celery_waiting import WaitingMixin, _Waiter, parent_ids
+from .celery_waiting import WaitingMixin, _Waiter, known, parent_ids
 from .waiting import WAITING
 
 
@@ -34,11 +34,13 @@ async def get(
     exception when ``propagate``, a failed parent's, or ``celery.exceptions.TimeoutError``."""
     members = list(result.results) if isinstance(result, GroupResult) else [result]
     parents = () if isinstance(result, GroupResult) or not propagate else parent_ids(result)
-    async for _ in _completed(members, parents, timeout):
+    metas: dict[str, dict[str, Any]] = {}
+    async for _ in _completed(members, parents, timeout, metas):
         pass
-    if isinstance(result, GroupResult):
-        return result.join_native(propagate=propagate, disable_sync_subtasks=False)
-    return result.get(propagate=propagate, follow_parents=False, disable_sync_subtasks=False)
+    with known(metas):  # Celery's get() reads these: no request on the event loop
+        if isinstance(result, GroupResult):
+            return result.join_native(propagate=propagate, disable_sync_subtasks=False)
+        return result.get(propagate=propagate, follow_parents=False, disable_sync_subtasks=False)
 
 
 async def as_completed(
@@ -46,13 +48,21 @@ async def as_completed(
 ) -> AsyncIterator[AsyncResult]:
     """Yield each result as it becomes ready (its ``state``, ``result`` and ``get()`` then need
     no request); ``celery.exceptions.TimeoutError`` if some are not ready in ``timeout``."""
-    async for done in _completed(list(results), (), timeout):
+    metas: dict[str, dict[str, Any]] = {}
+    async for done in _completed(list(results), (), timeout, metas):
+        remember = getattr(done, "_maybe_set_cache", None)  # Celery's own, not public: if there
+        if remember is not None:
+            remember(metas[done.id])  # its state, result and get() then need no request
         yield done
 
 
 async def _completed(
-    results: list[AsyncResult], parents: tuple[str, ...], timeout: float | None
+    results: list[AsyncResult],
+    parents: tuple[str, ...],
+    timeout: float | None,
+    metas: dict[str, dict[str, Any]],
 ) -> AsyncIterator[AsyncResult]:
+    """Each result as it becomes ready, its meta put in ``metas``; a failed parent raised."""
     if not results:
         return
     backend = _backend(results[0])
@@ -81,14 +91,14 @@ async def _completed(
             event.clear()
             while waiter.ready:
                 task_id, meta = waiter.ready.popleft()
-                backend._cache[task_id] = meta  # final: what get() reads, with no request
+                metas[task_id] = meta
                 remaining -= 1
                 yield by_id[task_id]
             backend._raise_unless_retried(waiter)
             if waiter.parent_failed is not None:
                 parent_id, meta = waiter.parent_failed
-                backend._cache[parent_id] = meta
-                results[0].app.AsyncResult(parent_id).maybe_throw()
+                with known({parent_id: meta}):
+                    results[0].app.AsyncResult(parent_id).maybe_throw()
     finally:
         WAITING.cancel(waiter.watch)
 

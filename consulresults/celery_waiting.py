@@ -23,7 +23,7 @@ import contextvars
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from celery import states
@@ -37,6 +37,9 @@ from .waiting import WAITING, Watch
 
 _PARENTS: contextvars.ContextVar[tuple[str, ...] | None] = contextvars.ContextVar(
     "consulresults_parents", default=None
+)
+_KNOWN: contextvars.ContextVar[Mapping[str, dict[str, Any]] | None] = contextvars.ContextVar(
+    "consulresults_known", default=None
 )
 _UNREADABLE = object()
 MAX_PARENT_KEYS = 1024
@@ -55,6 +58,19 @@ def timing_out(message: str) -> Iterator[None]:
         if not passed():
             raise
         raise TimeoutError(message) from exc
+
+
+@contextlib.contextmanager
+def known(metas: Mapping[str, dict[str, Any]]) -> Iterator[None]:
+    """Within this block, the backend reads these task ids' metas from here, not from Consul:
+    they were just read, and a ready meta is final. So Celery's own code that follows news from
+    the waiting service (its parent check, ``get()`` once a result is ready) needs no request,
+    whatever ``result_cache_max`` says (Celery's cache is off by default)."""
+    token = _KNOWN.set({**(_KNOWN.get() or {}), **metas})
+    try:
+        yield
+    finally:
+        _KNOWN.reset(token)
 
 
 def parent_ids(result: Any) -> tuple[str, ...]:
@@ -168,8 +184,8 @@ class WaitingMixin(KeyValueStoreBackend):
         """The result's meta once it is ready; ``TimeoutError`` after ``timeout`` seconds,
         whatever fails meanwhile (the last failure chained), plus at most a request timeout."""
         self._ensure_not_eager()
-        cached: dict[str, Any] | None = self._cache.get(task_id)
-        if cached and cached["status"] in states.READY_STATES:
+        cached = self._ready_meta(task_id)
+        if cached is not None:
             return cached
         with within(timeout), timing_out("The operation timed out."):
             meta = self._wait_for(task_id, on_interval, interval)
@@ -210,10 +226,9 @@ class WaitingMixin(KeyValueStoreBackend):
                     return waiter.ready.popleft()[1]
                 self._raise_unless_retried(waiter)
                 failed, waiter.parent_failed = waiter.parent_failed, None
-                if failed is not None:
-                    self._cache[failed[0]] = failed[1]  # what the check reads: no request
                 if on_interval is not None and (failed or periodic):
-                    on_interval()
+                    with known(dict([failed]) if failed else {}):  # what the check reads
+                        on_interval()
                 if deadline is not None and time.monotonic() >= deadline:
                     raise TimeoutError("The operation timed out.") from waiter.last_error
         finally:
@@ -227,6 +242,17 @@ class WaitingMixin(KeyValueStoreBackend):
             waiter.last_error = error
             if not self._wait_policy.should_retry(error):
                 raise error
+
+    def _ready_meta(self, task_id: str) -> dict[str, Any] | None:
+        """A ready meta this call knows already (Celery's cache, or :func:`known`)."""
+        found: dict[str, Any] | None = (_KNOWN.get() or {}).get(task_id) or self._cache.get(task_id)
+        return found if found and found["status"] in states.READY_STATES else None
+
+    def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
+        """Celery's ``get_task_meta`` reads through here: a meta :func:`known` in this call
+        needs no request."""
+        found = (_KNOWN.get() or {}).get(task_id)
+        return found if found is not None else super()._get_task_meta_for(task_id)
 
     def _meta_now(self, key: str) -> dict[str, Any]:
         entry = self.store.entry(key)
@@ -252,8 +278,8 @@ class WaitingMixin(KeyValueStoreBackend):
         then the waiting service."""
         ids = {bytes_to_str(task_id) for task_id in task_ids}
         for task_id in list(ids):
-            cached = self._cache.get(task_id)
-            if cached and cached["status"] in READY_STATES:
+            cached = self._ready_meta(task_id)
+            if cached is not None and cached["status"] in READY_STATES:
                 ids.discard(task_id)
                 yield task_id, cached
         yield from self._get_many(

@@ -41,7 +41,7 @@ from .exceptions import ConsulUnreachable as ConsulUnreachable
 from .exceptions import PermissionDenied as PermissionDenied
 from .settings import ConsulSettings, SettingsError
 
-MAX_AGE = 30.0
+MAX_AGE = 5.0  # a busy process gives its slot back this often: the agent's limit is shared
 PRESSURE_COOLDOWN = 10.0
 PUSHBACK_TEXT = "Your IP is issuing too many concurrent connections"
 PUSHBACK_BACKOFF = (0.02, 1.0)  # full jitter: the first retry within 40 ms, none over 1 s apart

@@ -208,6 +208,22 @@ class SessionPool:
                     del self._sessions[kind]
 
 
+_POOLS: dict[tuple[object, ...], SessionPool] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def session_pool(transport: Transport, prefix: str) -> SessionPool:
+    """The process's sessions for ``prefix`` on this agent (and token and datacenter): shared
+    by every backend instance, as Celery makes one per thread, so a threaded worker creates one
+    session per TTL and window, not one per thread."""
+    key = (*transport.identity, prefix)
+    with _POOLS_LOCK:
+        pool = _POOLS.get(key)
+        if pool is None:
+            pool = _POOLS[key] = SessionPool(transport, prefix)
+        return pool
+
+
 class _PendingRenewals:
     """The sessions this process is to renew when their window closes, each with its timer.
     A forked child starts with none: the timers did not follow it."""

@@ -22,7 +22,7 @@ from typing import Any, cast
 from . import layout
 from .connection import ConsulError, Interrupt, Response, Transport, TxnAnswer, is_transient
 from .deadline import clamp
-from .expiry import ExpiryPlan, SessionPool
+from .expiry import ExpiryPlan, session_pool
 from .retry import RetryPolicy, doubling, full_jitter
 
 MAX_VALUE_SIZE = 524_288
@@ -67,7 +67,7 @@ class KVStore:
     def __init__(self, transport: Transport, prefix: str) -> None:
         self.transport = transport
         self.prefix = prefix
-        self.sessions = SessionPool(transport, prefix)
+        self.sessions = session_pool(transport, prefix)
         self.txn_ops = TXN_OPS
         self._get_or_empty = True
         self._known: OrderedDict[str, tuple[int, str, bool]] = OrderedDict()

@@ -122,3 +122,24 @@ def test_results_of_another_backend_are_refused(consul_server):
     app = Celery(backend="cache+memory://", set_as_current=False)
     with pytest.raises(TypeError, match="consulresults backend"):
         run(aio.get(app.AsyncResult("x")))
+
+
+def test_a_ready_result_is_returned_without_another_read(consul_dev_server_factory, make_app):
+    """What the waiting service read is what get() returns: no request on the event loop,
+    whatever result_cache_max says (Celery's cache is off by default)."""
+    from conftest import backend_url
+
+    server = consul_dev_server_factory()
+    app = make_app(backend=backend_url(server, "aio-reads"))
+    ids = [f"aio-reads-{i}" for i in range(20)]
+
+    async def main():
+        waits = [asyncio.create_task(aio.get(app.AsyncResult(i), timeout=60)) for i in ids]
+        await until(lambda: WAITING.watched_keys() >= len(ids), "awaits watched")
+        server.reset_counters()
+        for n, task_id in enumerate(ids):
+            await asyncio.to_thread(app.backend.store_result, task_id, n, states.SUCCESS)
+        return await asyncio.gather(*waits)
+
+    assert run(main()) == list(range(20))
+    assert server.counters().get("kv.get", 0) == 0  # only the service's txn reads and the stores

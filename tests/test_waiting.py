@@ -103,6 +103,36 @@ def test_a_failed_parent_surfaces_in_every_waiter(make_app, consul_prefix):
     assert {str(outcomes[i]) for i in range(50)} == {repr(f"first step {i}") for i in range(50)}
 
 
+def test_a_failed_parent_is_raised_from_what_the_service_read(consul_dev_server_factory, make_app):
+    """Celery's parent check reads the parent's meta: it gets what the service read, so a
+    thousand waiters re-raising one failure cost no thousand reads."""
+    from conftest import backend_url
+
+    server = consul_dev_server_factory()
+    app = make_app(backend=backend_url(server, "parent-reads"))
+    outcomes: dict[int, object] = {}
+
+    def wait(i: int) -> None:
+        child = app.AsyncResult(f"second-{i}", parent=app.AsyncResult(f"first-{i}"))
+        try:
+            outcomes[i] = child.get(timeout=60)
+        except Exception as exc:
+            outcomes[i] = exc
+
+    before = watched_keys()
+    threads = [threading.Thread(target=wait, args=(i,)) for i in range(20)]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: watched_keys() >= before + 40, what="results and parents watched")
+    server.reset_counters()
+    for i in range(20):
+        app.backend.mark_as_failure(f"first-{i}", KeyError(i))
+    for thread in threads:
+        thread.join(60)
+    assert all(isinstance(outcomes[i], KeyError) for i in range(20)), outcomes
+    assert server.counters().get("kv.get", 0) == 0
+
+
 def test_a_parent_that_succeeds_is_no_longer_watched(make_app, consul_prefix):
     app = make_app()
     before = watched_keys()
