@@ -332,6 +332,12 @@ class _Pool:
             while self._idle:
                 self._close(self._idle.pop()[0])
 
+    def pressed(self) -> bool:
+        """Whether the agent pushed back lately: then each connection serves one request and
+        the agent closes it (``Connection: close``), so this process holds a slot only while
+        a request is in flight, and the socket's TIME_WAIT is the agent's, not ours."""
+        return time.monotonic() < self._calm_at
+
     def stats(self) -> dict[str, int]:
         """Open, idle and long-held connections, the budget now and at most, and the peak."""
         with self._cond:
@@ -569,7 +575,7 @@ class Transport:
         long = request.long
         connection = self.pool.take(long, time.monotonic() + clamp(request.timeout))
         try:
-            response, content = self._talk(connection, request)
+            response, content = self._talk(connection, request, self.pool.pressed())
         except BaseException as exc:
             self.pool.discard(connection, long)
             if _refused_at_accept(connection, exc):
@@ -590,7 +596,9 @@ class Transport:
         return Answer(response.status, response.headers, content)
 
     @staticmethod
-    def _talk(connection: _Connection, request: _Request) -> tuple[http.client.HTTPResponse, bytes]:
+    def _talk(
+        connection: _Connection, request: _Request, pressed: bool
+    ) -> tuple[http.client.HTTPResponse, bytes]:
         """Send ``request`` and read the whole answer within its timeout: the socket's timeout
         bounds each receive, and a watchdog on the background thread cuts an answer that
         trickles in for longer (its socket is shut down). The background thread's own
@@ -611,9 +619,10 @@ class Transport:
             watchdog.attach(connection)
             if interrupt is not None:
                 interrupt.attach(connection)
-            connection.request(
-                request.method, request.target, body=request.body, headers=request.headers
-            )
+            headers = request.headers
+            if pressed:
+                headers = {**headers, "Connection": "close"}
+            connection.request(request.method, request.target, body=request.body, headers=headers)
             response = connection.getresponse()
             return response, response.read()
         except BaseException as exc:

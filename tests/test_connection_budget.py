@@ -170,6 +170,9 @@ def test_a_store_rides_out_the_agents_connection_limit(consul_dev_server_factory
     assert app.backend.get_task_meta("limited-1")["result"] == 1
     pool = app.backend.transport.pool
     assert pool.stats()["cap"] < pool.limit  # the process uses fewer for a while
+    assert pool.pressed()
+    app.backend.get_task_meta("limited-1")  # one request, then the agent closes it
+    assert pool.stats()["idle"] == 0  # a slot held only while a request is in flight
     for sock in held:
         sock.close()
 
