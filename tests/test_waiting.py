@@ -76,29 +76,34 @@ def test_one_waiter_is_one_blocking_read(make_app, consul_prefix):
     assert WAITING.rounds - rounds <= 2  # the blocking read answered: no rounds in between
 
 
-def test_a_failed_parent_surfaces_in_every_waiter(make_app, consul_prefix):
-    """A chain's second step waits; its first step fails: each get() raises the first step's
-    error, as Celery's other backends do, without polling the parent every second."""
-    app = make_app()
-    backend = app.backend
+def chains_failing(app, n: int, before_failing=lambda: None) -> dict[int, object]:
+    """``n`` threads each wait on a chain's second step; then each first step fails."""
     outcomes: dict[int, object] = {}
 
     def wait(i: int) -> None:
         child = app.AsyncResult(f"step2-{i}", parent=app.AsyncResult(f"step1-{i}"))
         try:
             outcomes[i] = child.get(timeout=60)
-        except Exception as exc:
+        except Exception as exc:  # the outcome under test
             outcomes[i] = exc
 
     before = watched_keys()
-    threads = [threading.Thread(target=wait, args=(i,)) for i in range(50)]
+    threads = [threading.Thread(target=wait, args=(i,)) for i in range(n)]
     for thread in threads:
         thread.start()
-    wait_until(lambda: watched_keys() >= before + 100, what="50 results and 50 parents watched")
-    for i in range(50):
-        backend.mark_as_failure(f"step1-{i}", KeyError(f"first step {i}"))
+    wait_until(lambda: watched_keys() >= before + 2 * n, what="results and parents watched")
+    before_failing()
+    for i in range(n):
+        app.backend.mark_as_failure(f"step1-{i}", KeyError(f"first step {i}"))
     for thread in threads:
         thread.join(60)
+    return outcomes
+
+
+def test_a_failed_parent_surfaces_in_every_waiter(make_app, consul_prefix):
+    """A chain's second step waits; its first step fails: each get() raises the first step's
+    error, as Celery's other backends do, without polling the parent every second."""
+    outcomes = chains_failing(make_app(), 50)
     assert all(isinstance(outcomes[i], KeyError) for i in range(50)), outcomes
     assert {str(outcomes[i]) for i in range(50)} == {repr(f"first step {i}") for i in range(50)}
 
@@ -110,25 +115,7 @@ def test_a_failed_parent_is_raised_from_what_the_service_read(consul_dev_server_
 
     server = consul_dev_server_factory()
     app = make_app(backend=backend_url(server, "parent-reads"))
-    outcomes: dict[int, object] = {}
-
-    def wait(i: int) -> None:
-        child = app.AsyncResult(f"second-{i}", parent=app.AsyncResult(f"first-{i}"))
-        try:
-            outcomes[i] = child.get(timeout=60)
-        except Exception as exc:
-            outcomes[i] = exc
-
-    before = watched_keys()
-    threads = [threading.Thread(target=wait, args=(i,)) for i in range(20)]
-    for thread in threads:
-        thread.start()
-    wait_until(lambda: watched_keys() >= before + 40, what="results and parents watched")
-    server.reset_counters()
-    for i in range(20):
-        app.backend.mark_as_failure(f"first-{i}", KeyError(i))
-    for thread in threads:
-        thread.join(60)
+    outcomes = chains_failing(app, 20, before_failing=server.reset_counters)
     assert all(isinstance(outcomes[i], KeyError) for i in range(20)), outcomes
     assert server.counters().get("kv.get", 0) == 0
 
