@@ -6,10 +6,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -71,7 +73,9 @@ class Api:
 
 @pytest.fixture
 def api(consul_server) -> Api:
-    return Api(consul_server.url, consul_server.token)
+    api = Api(consul_server.url, consul_server.token)
+    api.server = consul_server  # the dev server's counters, for tests that wait on them
+    return api
 
 
 def backend_url(server, prefix: str, scheme: str = "consulresults") -> str:
@@ -144,7 +148,8 @@ def celery_worker(
     concurrency: int = 2,
 ):
     """A real ``celery worker`` (prefork, ``concurrency`` processes) for ``tests/e2e_app.py``,
-    with a filesystem broker in ``workdir``; yields the client app (``.log``: the worker's log)."""
+    with a filesystem broker in ``workdir``; yields the client app (``.log``: the worker's log;
+    ``.workdir``; ``.mark_dir``; :func:`worker_idle` waits on them)."""
     from e2e_app import make_app
 
     here = Path(__file__).resolve().parent
@@ -160,6 +165,10 @@ def celery_worker(
     if token:
         env["E2E_CONSUL_TOKEN"] = token
     env["E2E_CONF"] = json.dumps(conf or {})
+    # kombu's filesystem transport moves a message it takes into the temporary directory before
+    # reading it: one of the worker's own keeps that step in view of worker_idle
+    env["TMPDIR"] = str(workdir / "taken")
+    (workdir / "taken").mkdir(exist_ok=True)
     log = workdir / "worker.log"
     with log.open("w") as out:
         process = subprocess.Popen(
@@ -188,7 +197,7 @@ def celery_worker(
             stderr=subprocess.STDOUT,
         )
     app = make_app(url, str(workdir / "broker"), token, conf)
-    app.mark_dir, app.log = mark_dir, log
+    app.mark_dir, app.log, app.workdir = mark_dir, log, workdir
     try:
         deadline = time.monotonic() + 60
         while "ready." not in log.read_text():
@@ -200,3 +209,96 @@ def celery_worker(
         process.terminate()
         process.wait(timeout=30)
         app.close()
+
+
+# the worker's log lines that start or end a task: "Task NAME[ID] received", then one of
+# "... succeeded in", "... raised unexpected", "... ignored", "... retry", ... or "Discarding
+# revoked task: NAME[ID]"
+_TASK_LINE = re.compile(
+    r"^\[[^\]]*\] (?:Task [\w.]+\[(?P<id>[0-9a-f-]{36})\] (?P<what>\S+)"
+    r"|Discarding revoked task: [\w.]+\[(?P<discarded>[0-9a-f-]{36})\])"
+)
+
+
+def _unfinished(log: str) -> list[str]:
+    """Ids of the tasks the worker has received and not yet finished, per its log."""
+    open_: Counter[str] = Counter()
+    for line in log.splitlines():
+        match = _TASK_LINE.match(line)
+        if match is None:
+            continue
+        if match["discarded"]:
+            open_[match["discarded"]] -= 1
+        elif match["what"] == "received":
+            open_[match["id"]] += 1
+        else:
+            open_[match["id"]] -= 1
+    return sorted(+open_)
+
+
+def _queued(workdir: Path) -> list[str]:
+    """Messages for the worker's queue (``celery``) still in the broker, being written into
+    it, or taken from it and not yet read (celery_worker's TMPDIR)."""
+    return sorted(
+        path.name
+        for folder in (workdir / "broker" / "queue", workdir / "taken")
+        if folder.is_dir()
+        for path in folder.iterdir()
+        if path.name.partition(".")[2].startswith("celery.msg")
+    )
+
+
+def worker_idle(app, timeout: float = 60) -> None:
+    """Return once a :func:`celery_worker` is idle: every task it received has ended (its log
+    says so) and no message for it waits in the broker. Whatever the ended tasks set off (a
+    second chord body, an errback) has then run too, or will never run: a test asserting that
+    something did not happen waits for this, not for a while. A message leaves the broker a
+    moment before the worker logs it as received, so idleness counts once seen on two polls in
+    a row with nothing logged in between."""
+    deadline = time.monotonic() + timeout
+    seen_idle_at = None
+    while True:
+        text = app.log.read_text()
+        log = text[: text.rfind("\n") + 1]  # whole lines only
+        unfinished, queued = _unfinished(log), _queued(app.workdir)
+        if unfinished or queued:
+            seen_idle_at = None
+        elif seen_idle_at == len(log):
+            return
+        else:
+            seen_idle_at = len(log)
+        assert time.monotonic() < deadline, (
+            f"worker not idle after {timeout} s: running {unfinished}, queued {queued}"
+        )
+        time.sleep(0.05)
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
+    """Poll ``predicate`` until it returns something true (which is returned); fail, saying
+    ``what`` was awaited, if it has not within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(interval)
+    return value
+
+
+def log_lines(app, text: str) -> int:
+    """How many lines of a :func:`celery_worker`'s log contain ``text``."""
+    return sum(text in line for line in app.log.read_text().splitlines())
+
+
+def gated(app, value=None):
+    """An ``e2e.gate`` signature for a :func:`celery_worker`: the task returns ``value`` once
+    :func:`open_gate` opens it; and the gate's name."""
+    name = uuid.uuid4().hex
+    return app.signature("e2e.gate", (name, value), immutable=True), name
+
+
+def wait_gated(app, name: str, timeout: float = 60) -> None:
+    """Until the gated task runs (its STARTED state is stored by then)."""
+    wait_until(lambda: Path(app.mark_dir, f"gated-{name}").exists(), timeout, f"gate {name}")
+
+
+def open_gate(app, name: str) -> None:
+    Path(app.mark_dir, f"open-{name}").write_text("")

@@ -2,7 +2,7 @@
 
 Configured from the environment so the worker process and the test agree: E2E_BACKEND_URL,
 E2E_BROKER_DIR (kombu's filesystem transport, no server needed) or CELERY_BROKER_URL, and
-E2E_MARK_DIR where chord bodies record each run.
+E2E_MARK_DIR where chord bodies record each run (and ``e2e.gate`` waits for the test).
 """
 
 from __future__ import annotations
@@ -50,6 +50,19 @@ def register_tasks(app: Celery) -> None:
     @app.task(name="e2e.sleep", shared=False)
     def sleep(seconds, value=None):
         time.sleep(seconds)
+        return value
+
+    @app.task(name="e2e.gate", shared=False)
+    def gate(name, value=None):
+        """Marks ``gated-NAME`` (a test waits for it: the task is running, its STARTED stored),
+        then returns ``value`` once the test opens the gate (a file ``open-NAME``)."""
+        mark_dir = Path(os.environ["E2E_MARK_DIR"])
+        (mark_dir / f"gated-{name}").write_text(str(value))
+        deadline = time.monotonic() + 90
+        while not (mark_dir / f"open-{name}").exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"gate {name} never opened")
+            time.sleep(0.01)
         return value
 
     @app.task(name="e2e.until", shared=False)

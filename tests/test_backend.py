@@ -522,11 +522,18 @@ def test_a_child_forked_while_a_session_is_being_created_still_writes(make_app, 
     import threading
 
     backend = make_app().backend
-    consul_server.faults.delay(2.0, count=1, path_prefix="/v1/session/create")
+    delay = 2.0
+    consul_server.faults.delay(delay, count=1, path_prefix="/v1/session/create")
+    consul_server.reset_counters()
     writer = threading.Thread(target=backend.store_result, args=("parent", 1, states.SUCCESS))
+    started = time.monotonic()
     writer.start()
-    time.sleep(0.5)  # the writer is inside the session create
+    deadline = started + 30
+    while not consul_server.counters().get("session.create"):  # the writer is inside the create
+        assert time.monotonic() < deadline, "the writer never asked for a session"
+        time.sleep(0.01)
     pid = os.fork()
+    forked = time.monotonic() - started
     if pid == 0:
         code = 1
         try:
@@ -542,6 +549,8 @@ def test_a_child_forked_while_a_session_is_being_created_still_writes(make_app, 
         os.waitpid(pid, 0)
     writer.join()
     assert done == (pid, 0), "the forked child hung or failed"
+    # the create was answered `delay` after it reached the server, itself after `started`
+    assert forked < delay, f"forked {forked:.2f} s in: maybe after the session create"
     assert backend.get_task_meta("child", cache=False)["result"] == 2
 
 

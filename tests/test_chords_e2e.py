@@ -13,7 +13,16 @@ import pytest
 from celery import chain, chord, group, states
 from celery.backends.base import BaseKeyValueStoreBackend
 from celery.exceptions import ChordError
-from conftest import backend_url, celery_worker
+from conftest import (
+    backend_url,
+    celery_worker,
+    gated,
+    log_lines,
+    open_gate,
+    wait_gated,
+    wait_until,
+    worker_idle,
+)
 
 pytestmark = pytest.mark.e2e  # real workers: the full suite's, not the matrix's
 
@@ -37,17 +46,30 @@ def worker(request, _consul_server_session, tmp_path_factory):
 
 @pytest.fixture
 def app(worker):
-    """The client app, with the marks of earlier tests cleared."""
+    """The client app, with the marks of earlier tests cleared; gates left shut by a failed
+    test are opened after it, so that it wedges no pool process for the next."""
     for path in Path(worker.mark_dir).iterdir():
         path.unlink()
-    return worker
+    yield worker
+    for path in Path(worker.mark_dir).glob("gated-*"):
+        open_gate(worker, path.name.removeprefix("gated-"))
 
 
-def marks(app, kind: str, settle: float = 1.0) -> list[str]:
-    """What the tasks marked: bodies run (``body``) or errbacks called (``errback``). Waits a
-    moment first, so a second run, if there is one, has landed."""
-    time.sleep(settle)
+def marks(app, kind: str) -> list[str]:
+    """What the tasks marked: bodies run (``body``) or errbacks called (``errback``), once the
+    worker is idle: a second run, if something sent one, has landed."""
+    worker_idle(app)
     return sorted(p.read_text() for p in Path(app.mark_dir).glob(f"{kind}-*"))
+
+
+def gated_last(app, value):
+    """A header part that returns ``value`` once its gate opens (see conftest.gated), and that
+    the worker takes only after every other part: a chain, whose gate is sent once its first
+    step has run, after the other parts were sent (the e2e broker hands messages out in the
+    order they came). On one pool process the gate would otherwise wedge it before the others
+    ran."""
+    gate, name = gated(app, value)
+    return chain(si(app, "identity", None), gate), name
 
 
 def sig(app, name: str, *args, immutable: bool = False):
@@ -145,7 +167,7 @@ def test_failed_header_task_raises_its_own_error_and_the_body_never_runs(app):
     assert result.state == states.FAILURE
     assert isinstance(result.result, ChordError)
     assert marks(app, "body") == []
-    assert len(marks(app, "errback", settle=0)) == 1
+    assert len(marks(app, "errback")) == 1
 
 
 def test_failing_body_raises_its_error(app):
@@ -180,7 +202,7 @@ def test_group_then_body_with_a_failed_task(app, body):
     with pytest.raises(ValueError, match="in group"):
         result.get(timeout=TIMEOUT)
     assert marks(app, "body") == []
-    failed = [line.split()[0] for line in marks(app, "errback", settle=0)]
+    failed = [line.split()[0] for line in marks(app, "errback")]
     assert len(failed) == len(set(failed)) == (2 if body == "group" else 1)  # once per result
 
 
@@ -224,13 +246,22 @@ def test_header_task_that_never_runs_wedges_no_pool_process(app):
 
 
 def test_consul_down_while_the_last_part_returns(app, _consul_server_session):
-    """Consul drops every connection for 3 s while the last part finishes: the part's store
-    (under result_backend_always_retry, as Celery retries stores) and its chord txns are
-    retried, the chord completes once Consul is back, and the body runs once."""
-    result = chord([si(app, "add", 2, 2), si(app, "sleep", 1.0, 5)])(sig(app, "tsum"))
+    """Consul drops every connection from the moment the last part runs until its result's
+    store has failed on that (the worker logs Celery's retry): the store (under
+    result_backend_always_retry, as Celery retries stores) is retried, the chord completes once
+    Consul is back, and the body runs once."""
+    last, gate = gated_last(app, 5)
+    result = chord([si(app, "add", 2, 2), last])(sig(app, "tsum"))
     assert result.parent.results[0].get(timeout=TIMEOUT) == 4
+    wait_gated(app, gate)
+    retries = log_lines(app, "Failed operation _store_result")
     _consul_server_session.faults.reset()  # every request, until cleared
-    time.sleep(3.0)
+    open_gate(app, gate)
+    wait_until(
+        lambda: log_lines(app, "Failed operation _store_result") > retries,
+        TIMEOUT,
+        "the last part's store failing on the outage",
+    )
     _consul_server_session.faults.clear()
     assert result.get(timeout=TIMEOUT) == 9
     assert marks(app, "body") == ["9"]
@@ -238,16 +269,20 @@ def test_consul_down_while_the_last_part_returns(app, _consul_server_session):
 
 
 def test_a_header_result_deleted_meanwhile_still_reaches_the_body(app):
-    result = chord([si(app, "add", 2, 2), si(app, "sleep", 1.0, 5)])(sig(app, "tsum"))
+    last, gate = gated_last(app, 5)
+    result = chord([si(app, "add", 2, 2), last])(sig(app, "tsum"))
     first = result.parent.results[0]
     assert first.get(timeout=TIMEOUT) == 4
     first.forget()
+    open_gate(app, gate)  # the last part returns after the first's result is gone
     assert result.get(timeout=TIMEOUT) == 9
 
 
 def test_the_header_group_deleted_meanwhile_fails_the_body_naming_it(app):
-    result = chord([si(app, "sleep", 1.5, 1), si(app, "add", 1, 1)])(sig(app, "tsum"))
+    first, gate = gated(app, 1)
+    result = chord([first, si(app, "add", 1, 1)])(sig(app, "tsum"))
     result.parent.delete()  # the saved GroupResult: the body's shape is gone
+    open_gate(app, gate)  # the header completes only now
     with pytest.raises(ChordError, match="no longer exists"):
         result.get(timeout=TIMEOUT)
     assert marks(app, "body") == []

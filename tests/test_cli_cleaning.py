@@ -7,10 +7,11 @@ import time
 
 import pytest
 from celery import states
-from conftest import backend_url, run_cli
+from conftest import backend_url, run_cli, wait_until
 from typer.testing import CliRunner
 
 from consulresults.cli import app
+from consulresults.expiry import in_use
 
 
 @pytest.fixture
@@ -146,6 +147,12 @@ def test_include_unreadable_deletes_garbage_only_when_asked(cli, backend, api, c
     assert api.entry(consul_prefix + "celery-task-meta-garbage") is None
 
 
+def window_over(api, session: str):
+    """Whether the session's name says it is handed to writers no more (a predicate)."""
+    name = api.get(f"/v1/session/info/{session}").json()[0]["Name"]
+    return lambda: not in_use(name, time.time())
+
+
 def test_rm_removes_a_session_left_holding_nothing(cli, make_app, api):
     """Once its window is over (no writer will put a result in it), not before."""
     for window, removed in ((30, False), (0.1, True)):
@@ -156,7 +163,8 @@ def test_rm_removes_a_session_left_holding_nothing(cli, make_app, api):
         ).backend
         lone.store_result("alone", 1, states.SUCCESS)
         session = lone.operations().fetch("alone").session
-        time.sleep(3.5 if removed else 0)  # until = window + 2 x timeout, rounded up
+        if removed:  # until its name says no writer gets it (window + 2 x timeout, rounded up)
+            wait_until(window_over(api, session), 30, "the session's window to close")
         assert cli("rm", "alone", "--yes").exit_code == 0
         assert (api.get(f"/v1/session/info/{session}").json() == []) == removed
 

@@ -95,13 +95,20 @@ def test_ttl_expiry_after_ttl_times_two_deletes_keys(api, consul_prefix):  # [§
 
 
 def test_renew_postpones_expiry(api):  # [§8.17]
+    """Renewed every 3/4 of its TTL, a session outlives its twin, made just after it and never
+    renewed (waited for: it goes between one and two TTLs)."""
     ttl = SESSION_TTL_MIN_S
     session_id = api.session(TTL=f"{ttl:g}s", Checks=[])
-    for _ in range(4):
-        time.sleep(ttl * 0.75)
+    twin = api.session(TTL=f"{ttl:g}s", Checks=[])
+
+    def renewed_and_the_twin_gone() -> bool:
         renewed = api.put(f"/v1/session/renew/{session_id}")
         assert renewed.status_code == 200
         assert renewed.json()[0]["ID"] == session_id
+        return api.get(f"/v1/session/info/{twin}").json() == []
+
+    assert wait_until(renewed_and_the_twin_gone, timeout=ttl * 2 + 15, interval=ttl * 0.75)
+    assert api.get(f"/v1/session/info/{session_id}").json()[0]["ID"] == session_id
     api.put(f"/v1/session/destroy/{session_id}")
 
 

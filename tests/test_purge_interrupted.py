@@ -3,16 +3,20 @@ the second run finishes the job, nothing outside the filter is ever deleted, and
 summary says exactly what it did (and what it cannot know: deletions sent without an answer).
 
 The purge runs as a real process against a dev server in its own process, slowed down (50 ms
-per ``/v1/txn``) so that the interruption lands in the middle.
+per ``/v1/txn``) so that the interruption lands in the middle; or through a proxy that holds a
+delete batch for as long as the test needs it in flight.
 """
 
 from __future__ import annotations
 
 import json
+import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -85,6 +89,90 @@ def _when_deleting(server, matching: int) -> None:
         time.sleep(0.05)
 
 
+# not passed on as they are: the proxy reads whole bodies and answers with Content-Length
+_HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+    "content-encoding",
+    "accept-encoding",
+    "host",
+}
+
+
+class HoldingProxy:
+    """Between a purge and the dev server: passes every request on, except the ``hold``-th
+    delete batch (a ``/v1/txn`` of delete-cas operations), which it holds, having set
+    ``holding``, until ``released`` is set; ``passed_on`` is set once that batch has been
+    passed on and answered (whether or not its sender is still there to hear it)."""
+
+    def __init__(self, upstream: str, hold: int) -> None:
+        self.holding, self.released, self.passed_on = (threading.Event() for _ in range(3))
+        self._deletes = 0
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Relay(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def relay(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                held = self.path.startswith("/v1/txn") and b"delete-cas" in body
+                if held:
+                    with proxy._lock:
+                        proxy._deletes += 1
+                        held = proxy._deletes == hold
+                if held:
+                    proxy.holding.set()
+                    proxy.released.wait(120)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+                answer = requests.request(
+                    self.command, upstream + self.path, data=body, headers=headers, timeout=60
+                )
+                if held:
+                    proxy.passed_on.set()
+                try:
+                    self.send_response(answer.status_code)
+                    for key, value in answer.headers.items():
+                        if key.lower() not in _HOP_BY_HOP:
+                            self.send_header(key, value)
+                    self.send_header("Content-Length", str(len(answer.content)))
+                    self.end_headers()
+                    self.wfile.write(answer.content)
+                except OSError:  # the client has gone
+                    self.close_connection = True
+
+            do_GET = do_PUT = do_DELETE = relay
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Relay)
+        self._server.daemon_threads = True
+        self.address = f"127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.released.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _stderr_line(process: subprocess.Popen, text: str, timeout: float = 60) -> str:
+    """Read the process's stderr up to the line containing ``text`` (and return that line)."""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stderr, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            assert left > 0 and selector.select(left), f"no {text!r} on stderr in {timeout} s"
+            line = process.stderr.readline()
+            assert line, f"stderr closed before {text!r}"
+            if text in line:
+                return line
+
+
 def _finish(process: subprocess.Popen) -> tuple[int, dict, str]:
     out, err = process.communicate(timeout=120)
     return process.returncode, json.loads(out), err
@@ -117,17 +205,20 @@ def test_a_signal_stops_after_the_batch_and_a_rerun_finishes(signum):
 def test_a_second_ctrl_c_stops_at_once_and_says_what_is_in_doubt():
     with DevServerProcess() as server:
         before = _seeded(server)
-        server.faults.add(FaultRule("latency", seconds=1.0, path_prefix="/v1/txn"))
-        purge = _purge(server)
-        _when_deleting(server, len(before["matching"]))  # a delete batch just ended
-        purge.send_signal(signal.SIGINT)
-        time.sleep(1.5)  # each batch of reads (1 s) is followed by a batch of deletes (1 s)
-        purge.send_signal(signal.SIGINT)
-        status, first, err = _finish(purge)
-        assert status == 130, err
-        assert first["complete"] is False and first["in_doubt"] > 0
-        server.faults.clear()
-        time.sleep(1.2)  # let the batch whose answer was abandoned land (or not)
+        proxy = HoldingProxy(server.url, hold=2)  # the first delete batch goes through
+        try:
+            purge = _purge(proxy)
+            assert proxy.holding.wait(60), "no second delete batch"  # in flight, held there
+            purge.send_signal(signal.SIGINT)
+            _stderr_line(purge, "stopping after the batch in flight")  # the first one is in
+            purge.send_signal(signal.SIGINT)
+            status, first, err = _finish(purge)
+            assert status == 130, err
+            assert first["complete"] is False and first["in_doubt"] > 0
+            proxy.released.set()  # the batch whose answer was abandoned lands (or not) now
+            assert proxy.passed_on.wait(60), "the held batch was never passed on"
+        finally:
+            proxy.close()
         after = _by_kind(_keys(server))
         gone = len(before["matching"]) - len(after["matching"])
         assert first["deleted"] <= gone <= first["deleted"] + first["in_doubt"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from celery import chain, chord, group, states
 from celery.exceptions import TimeoutError
-from conftest import backend_url, celery_worker
+from conftest import backend_url, celery_worker, gated, open_gate, wait_until, worker_idle
 
 pytestmark = pytest.mark.e2e  # real workers: the full suite's, not the matrix's
 
@@ -52,11 +52,12 @@ def test_failure_carries_the_traceback(worker):
 
 
 def test_started_then_success_lands(worker):
-    result = worker.send_task("e2e.sleep", (1.0, "slept"))
-    deadline = time.monotonic() + 30
-    while result.state != states.STARTED:
-        assert time.monotonic() < deadline, f"never STARTED (state {result.state})"
-        time.sleep(0.05)
+    task, gate = gated(worker, "slept")
+    result = task.delay()
+    try:
+        wait_until(lambda: result.state == states.STARTED, 30, "STARTED")  # held by the gate
+    finally:
+        open_gate(worker, gate)
     assert result.get(timeout=30) == "slept"
     assert worker.backend.get_task_meta(result.id, cache=False)["status"] == states.SUCCESS
 
@@ -91,15 +92,19 @@ def test_hundred_part_chord_runs_its_body_exactly_once(worker):
     header = [worker.signature("e2e.add", (i, 0)) for i in range(100)]
     result = chord(header)(worker.signature("e2e.tsum"))
     assert result.get(timeout=180) == sum(range(100))
-    time.sleep(1.0)  # a second body, if any, would have landed by now
+    worker_idle(worker)  # a second body, if any part sent one, has run by now
     bodies = list(Path(worker.mark_dir).glob("body-*"))
     assert [p.read_text() for p in bodies] == [str(sum(range(100)))]
 
 
 def test_get_times_out_cleanly_then_succeeds(worker):
-    result = worker.send_task("e2e.sleep", (2.0, "late"))
-    with pytest.raises(TimeoutError):
-        result.get(timeout=0.3)
+    task, gate = gated(worker, "late")
+    result = task.delay()
+    try:
+        with pytest.raises(TimeoutError):
+            result.get(timeout=0.3)  # the task cannot finish before the gate opens
+    finally:
+        open_gate(worker, gate)
     assert result.get(timeout=30) == "late"
 
 
