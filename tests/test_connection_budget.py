@@ -6,23 +6,14 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 
 import pytest
 from celery import states
-from conftest import backend_url
+from conftest import backend_url, wait_until
 
 from consulresults.connection import connect
 from consulresults.kv import KVStore
 from consulresults.settings import resolve
-
-
-def wait_until(condition, seconds: float = 30.0, what: str = "the condition") -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {seconds:g} s")
-        time.sleep(0.01)
 
 
 def transport_for(server, **options):
@@ -70,7 +61,7 @@ def test_blocking_reads_never_take_the_last_connection(consul_server, consul_pre
     ]
     for thread in waits:
         thread.start()
-    wait_until(lambda: transport.pool.stats()["long"] == 1, what="one blocking read in flight")
+    wait_until(lambda: transport.pool.stats()["long"] == 1, 30, "one blocking read in flight")
     # the second blocking read waits for a connection; a plain read still gets one
     assert store.entry(store.key("other")) is None
     assert transport.pool.stats()["long"] == 1
@@ -84,7 +75,7 @@ def test_idle_connections_are_closed(consul_server):
     transport = transport_for(consul_server, idle_timeout=0.2)
     transport.request("GET", "/v1/status/leader")
     assert transport.pool.stats()["open"] >= 1
-    wait_until(lambda: transport.pool.stats()["open"] == 0, what="the idle connection closed")
+    wait_until(lambda: transport.pool.stats()["open"] == 0, 30, "the idle connection closed")
 
 
 THREADS_SCRIPT = """
@@ -139,7 +130,7 @@ def test_an_old_connection_is_not_kept(consul_server, monkeypatch):
 def hold_connections(server, n: int) -> list[socket.socket]:
     """``n`` idle connections from this IP, each counted by the server."""
     held = [socket.create_connection((server.host, server.port)) for _ in range(n)]
-    wait_until(lambda: server.connection_stats()["open"].get("127.0.0.1", 0) >= n)
+    wait_until(lambda: server.connection_stats()["open"].get("127.0.0.1", 0) >= n, 30, "held")
     return held
 
 
@@ -162,7 +153,9 @@ def test_a_store_rides_out_the_agents_connection_limit(consul_dev_server_factory
 
     thread = threading.Thread(target=store)
     thread.start()
-    wait_until(lambda: server.connection_stats()["refused"].get("127.0.0.1", 0) >= 2)
+    wait_until(
+        lambda: server.connection_stats()["refused"].get("127.0.0.1", 0) >= 2, 30, "refusals"
+    )
     assert not stored.is_set()
     held.pop().close()
     thread.join(60)

@@ -5,24 +5,15 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
-import time
 
 import pytest
 from celery import states
 from celery.exceptions import TimeoutError
+from conftest import wait_until
 from vine import promise
 
 from consulresults.celery_waiting import checks_needed, parent_ids
 from consulresults.waiting import WAITING
-
-
-def wait_until(condition, seconds: float = 30.0, what: str = "the condition") -> None:
-    """Poll ``condition`` (a state, not a duration) until it holds; fail after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {seconds:g} s")
-        time.sleep(0.01)
 
 
 def watched_keys() -> int:
@@ -53,7 +44,7 @@ def test_many_waiting_threads_share_the_budget(make_app, consul_prefix):
     pool = backend.transport.pool
     pool.peak = pool.stats()["open"]
     threads, outcomes = start_waiters(app, ids, timeout=60)
-    wait_until(lambda: watched_keys() >= before + len(ids), what="300 waiters registered")
+    wait_until(lambda: watched_keys() >= before + len(ids), 30, "300 waiters registered")
     for i, task_id in enumerate(ids):
         backend.store_result(task_id, i, states.SUCCESS)
     for thread in threads:
@@ -68,7 +59,7 @@ def test_one_waiter_is_one_blocking_read(make_app, consul_prefix):
     app = make_app()
     threads, outcomes = start_waiters(app, ["alone"], timeout=60)
     key = app.backend._key(app.backend.get_key_for_task("alone"))
-    wait_until(lambda: WAITING.blocking_on() == key, what="a blocking read of the key")
+    wait_until(lambda: WAITING.blocking_on() == key, 30, "a blocking read of the key")
     rounds = WAITING.rounds
     app.backend.store_result("alone", 42, states.SUCCESS)
     threads[0].join(30)
@@ -91,7 +82,7 @@ def chains_failing(app, n: int, before_failing=lambda: None) -> dict[int, object
     threads = [threading.Thread(target=wait, args=(i,)) for i in range(n)]
     for thread in threads:
         thread.start()
-    wait_until(lambda: watched_keys() >= before + 2 * n, what="results and parents watched")
+    wait_until(lambda: watched_keys() >= before + 2 * n, 30, "results and parents watched")
     before_failing()
     for i in range(n):
         app.backend.mark_as_failure(f"step1-{i}", KeyError(f"first step {i}"))
@@ -127,9 +118,9 @@ def test_a_parent_that_succeeds_is_no_longer_watched(make_app, consul_prefix):
     result: dict[str, object] = {}
     thread = threading.Thread(target=lambda: result.update(v=child.get(timeout=60)))
     thread.start()
-    wait_until(lambda: watched_keys() == before + 2, what="the result and its parent watched")
+    wait_until(lambda: watched_keys() == before + 2, 30, "the result and its parent watched")
     app.backend.store_result("first-ok", 1, states.SUCCESS)
-    wait_until(lambda: watched_keys() == before + 1, what="the parent dropped")
+    wait_until(lambda: watched_keys() == before + 1, 30, "the parent dropped")
     app.backend.store_result("after-ok", 2, states.SUCCESS)
     thread.join(30)
     assert result == {"v": 2}
@@ -145,7 +136,7 @@ def test_group_join_native_and_get_many_are_served_by_the_service(make_app, cons
     before = watched_keys()
     thread = threading.Thread(target=lambda: outcome.update(v=group.get(timeout=60)))
     thread.start()
-    wait_until(lambda: watched_keys() >= before + 300, what="the group's members watched")
+    wait_until(lambda: watched_keys() >= before + 300, 30, "the group's members watched")
     for i, task_id in enumerate(reversed(ids)):
         app.backend.store_result(task_id, len(ids) - 1 - i, states.SUCCESS)
     thread.join(60)
@@ -182,7 +173,7 @@ def test_a_forked_child_waits_with_its_own_service(make_app, consul_prefix):
     app = make_app()
     before = watched_keys()
     threads, outcomes = start_waiters(app, ["for-parent"], timeout=60)
-    wait_until(lambda: watched_keys() == before + 1, what="the parent's waiter registered")
+    wait_until(lambda: watched_keys() == before + 1, 30, "the parent's waiter registered")
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     child = context.Process(target=_child_waits, args=(app, queue))
