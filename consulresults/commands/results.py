@@ -241,10 +241,13 @@ def watch(
 @consul_command
 def doctor(conn: Connection) -> None:
     """Check that results can live here: the agent answers, there is a leader, the token can
-    read and write the prefix and create sessions; then which expiry mode result_expires gets
-    (the app's with -A, else Celery's default of one day) and what removes results: Consul
-    itself, or only celery beat / purge --expired. One line per check; the exit status is the
-    first failure's (69 unavailable, 77 denied...)."""
+    read and write the prefix and create sessions; how many connections one process of this
+    configuration may hold (max_connections) against the agent's limit per client IP
+    (http_max_conns_per_client, read with agent:read, else Consul's default of 200), so how
+    many such processes a host can run; then which expiry mode result_expires gets (the app's
+    with -A, else Celery's default of one day) and what removes results: Consul itself, or only
+    celery beat / purge --expired. One line per check; the exit status is the first failure's
+    (69 unavailable, 77 denied...)."""
     from ..doctor import diagnose
     from .errors import describe_error
 
