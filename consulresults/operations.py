@@ -33,6 +33,14 @@ class WaitTimeout(Exception):
     """The result was not ready within the time given."""
 
 
+class WatchTooLarge(Exception):
+    """The prefix holds more keys than a watch may move every round."""
+
+    def __init__(self, keys: int) -> None:
+        super().__init__(f"{keys} keys under the prefix")
+        self.keys = keys
+
+
 def _final(found: StoredResult) -> bool:
     """Nothing more to wait for: ready, or a value this app cannot read."""
     return found.meta is None or found.state in READY_STATES
@@ -264,7 +272,7 @@ class ResultOperations:
             WAITING.cancel(watch)
 
     def watch(
-        self, selection: ResultFilter, min_interval: float = 1.0
+        self, selection: ResultFilter, min_interval: float = 1.0, max_keys: int | None = None
     ) -> Iterator[list[StoredResult]]:
         """Batches of the results stored or changed since the watch began that ``selection``
         picks: one batch per round, each round one Consul blocking query on the prefix.
@@ -272,12 +280,15 @@ class ResultOperations:
         Consul answers a blocking query on a prefix with the whole prefix, so a round compares
         each key's ModifyIndex with the last round's and decodes only those that moved; rounds
         start at least ``min_interval`` apart, so a busy prefix costs one request per interval,
-        however many results are written in it."""
+        however many results are written in it. Past ``max_keys`` keys under the prefix it
+        raises :class:`WatchTooLarge` instead: each round would move them all."""
         seen: dict[str, int] | None = None
         index = 0
         while True:
             started = time.monotonic()
             entries, index = self._waiting(self.store.read_tree_blocking, index, BLOCK_SECONDS)
+            if max_keys is not None and len(entries) > max_keys:
+                raise WatchTooLarge(len(entries))
             changed = [
                 e for e in entries if seen is not None and seen.get(e["Key"]) != e["ModifyIndex"]
             ]

@@ -99,3 +99,20 @@ def test_json_cannot_stream(consul_server, consul_prefix):
     )
     assert result.returncode == 2
     assert "use ndjson" in result.stderr
+
+
+def test_a_prefix_over_max_keys_is_refused_in_one_line(make_app, consul_server, consul_prefix):
+    """Every round moves the whole prefix from the leader: past --max-keys, watch stops."""
+    from conftest import run_cli
+
+    backend = make_app().backend
+    for i in range(3):
+        backend.store_result(f"many-{i}", i, states.SUCCESS)
+    args = ["watch", "--max-keys", "2", "--backend-url", backend_url(consul_server, consul_prefix)]
+    result = run_cli(*args, *(["--token", consul_server.token] if consul_server.token else []))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "consul-results: the prefix holds 3 keys, over --max-keys 2: every round of watch would "
+        "move them all from the Consul leader (narrow the prefix, raise --max-keys, or run ls "
+        "--newer-than from cron)"
+    ]
