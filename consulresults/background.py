@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from . import forks
+from .deadline import until as deadline_until
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +140,14 @@ class Background:
             self._thread.start()
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:  # however it ended, a later call_later or wake starts a new thread
+            with self._cond:
+                if self._thread is threading.current_thread():
+                    self._thread = None
+
+    def _loop(self) -> None:
         while True:
             with self._cond:
                 due, worker, until = self._next()
@@ -179,7 +188,8 @@ class Background:
             self._workers[worker] = float("inf")  # a wake during the round asks for another
             self._running = (worker, until)
         try:
-            due = worker.round(until)
+            with deadline_until(until):  # every retry inside gives up by then
+                due = worker.round(until)
         except Exception:  # a worker's bug must not end the thread every waiter relies on
             logger.exception("consulresults background round failed")
             due = time.monotonic() + 1.0

@@ -21,9 +21,9 @@ from celery.result import GroupResult, ResultBase, result_from_tuple
 from celery.utils.log import get_logger
 from kombu.utils.encoding import str_to_bytes
 
+from .celery_waiting import waits_bounded
 from .chords import ChordUnknown
 from .connection import ConsulError
-from .deadline import within
 
 logger = get_logger(__name__)
 JOIN_BOUND = 3.0  # Celery's default result_chord_join_timeout
@@ -183,7 +183,7 @@ class ChordMixin(KeyValueStoreBackend):
     def _legacy_part_return(self, request: Any, state: str, result: Any, **kwargs: Any) -> None:
         """A chord applied by an earlier release (one counter key): finish it as that release
         did, Celery's way, but with every wait of the join bounded."""
-        with within(self.app.conf.result_chord_join_timeout or JOIN_BOUND):
+        with waits_bounded(self.app.conf.result_chord_join_timeout or JOIN_BOUND):
             super().on_chord_part_return(request, state, result, **kwargs)
 
     # ---------------------------------------------------------- the previous release's counter

@@ -31,6 +31,7 @@ from celery.backends.base import KeyValueStoreBackend
 from celery.exceptions import TimeoutError
 from kombu.utils.encoding import bytes_to_str
 
+from .connection import is_transient
 from .deadline import after, passed, until, within
 from .kv import Entry, KVStore
 from .waiting import WAITING, Watch
@@ -40,6 +41,9 @@ _PARENTS: contextvars.ContextVar[tuple[str, ...] | None] = contextvars.ContextVa
 )
 _KNOWN: contextvars.ContextVar[Mapping[str, dict[str, Any]] | None] = contextvars.ContextVar(
     "consulresults_known", default=None
+)
+_WAIT_BOUND: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "consulresults_wait_bound", default=None
 )
 _UNREADABLE = object()
 MAX_PARENT_KEYS = 1024
@@ -55,9 +59,29 @@ def timing_out(message: str) -> Iterator[None]:
     except TimeoutError:
         raise
     except Exception as exc:
-        if not passed():
+        if not (passed() and is_transient(exc)):  # a task's own error stays itself
             raise
         raise TimeoutError(message) from exc
+
+
+@contextlib.contextmanager
+def waits_bounded(seconds: float) -> Iterator[None]:
+    """Within this block no wait (``wait_for``, ``get_many``) outlives ``seconds`` from now,
+    even one Celery starts without a timeout (a chord join of the previous release): the
+    waits only, not the writes around them."""
+    token = _WAIT_BOUND.set(time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _WAIT_BOUND.reset(token)
+
+
+def _bounded(timeout: float | None) -> float | None:
+    bound = _WAIT_BOUND.get()
+    if bound is None:
+        return timeout
+    left = max(0.0, bound - time.monotonic())
+    return left if timeout is None else min(timeout, left)
 
 
 @contextlib.contextmanager
@@ -187,7 +211,7 @@ class WaitingMixin(KeyValueStoreBackend):
         cached = self._ready_meta(task_id)
         if cached is not None:
             return cached
-        with within(timeout), timing_out("The operation timed out."):
+        with within(_bounded(timeout)), timing_out("The operation timed out."):
             meta = self._wait_for(task_id, on_interval, interval)
         if meta["status"] == states.SUCCESS:
             self._cache[task_id] = meta
@@ -296,7 +320,7 @@ class WaitingMixin(KeyValueStoreBackend):
         max_iterations: int | None,
         ready_states: frozenset[str],
     ) -> Iterator[tuple[str, dict[str, Any]]]:
-        deadline, message = after(timeout), f"Operation timed out ({timeout})"
+        deadline, message = after(_bounded(timeout)), f"Operation timed out ({timeout})"
         keys = {self._key(self.get_key_for_task(task_id)): task_id for task_id in ids}
         waiter = _Waiter(self.store, keys, {}, self._meta, ready_states)
         with until(deadline), timing_out(message):  # not held across a yield
@@ -323,8 +347,9 @@ class WaitingMixin(KeyValueStoreBackend):
                 if on_interval is not None:
                     on_interval()
                 iterations += 1
-                if max_iterations and iterations > max_iterations:
+                if max_iterations and iterations >= max_iterations:
                     return
-                waiter.sleep(deadline, interval if on_interval is not None else None)
+                periodic = interval if on_interval is not None or max_iterations else None
+                waiter.sleep(deadline, periodic)
         finally:
             WAITING.cancel(waiter.watch)

@@ -33,7 +33,7 @@ from urllib.parse import quote, urlencode
 
 from . import __version__, forks
 from .background import BACKGROUND, Timer
-from .deadline import clamp
+from .deadline import clamp, passed
 from .exceptions import ConsulError as ConsulError  # re-exported: the documented home
 from .exceptions import ConsulTimeout as ConsulTimeout
 from .exceptions import ConsulTLSError as ConsulTLSError
@@ -181,9 +181,7 @@ class _Connection(http.client.HTTPConnection):
         """Connect within the timeout, name resolution included (which the socket's timeout
         does not bound: a slow resolver would otherwise outlast any deadline)."""
         timeout = cast(float, self.timeout)  # the transport sets it before connecting
-        self.sock = socket.create_connection(
-            (_resolved(self.host, self.port, timeout), self.port), timeout
-        )
+        self.sock = _connected(_resolved(self.host, self.port, timeout), self.port, timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._context is not None:
             self.sock = self._context.wrap_socket(self.sock, server_hostname=self._server_name)
@@ -198,19 +196,20 @@ class _Connection(http.client.HTTPConnection):
         return bool(poller.poll(0))
 
 
-def _resolved(host: str, port: int, timeout: float) -> str:
-    """The address ``host`` resolves to, looked up on a helper thread so that the lookup ends
+def _resolved(host: str, port: int, timeout: float) -> list[str]:
+    """The addresses ``host`` resolves to, looked up on a helper thread so that the lookup ends
     within ``timeout`` (``socket.getaddrinfo`` takes no timeout of its own)."""
     try:
         ipaddress.ip_address(host)
-        return host
+        return [host]
     except ValueError:
         pass
     found: list[Any] = []
 
     def lookup() -> None:
         try:
-            found.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0])
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            found.append(list(dict.fromkeys(info[4][0] for info in infos)))
         except OSError as exc:
             found.append(exc)
 
@@ -221,7 +220,20 @@ def _resolved(host: str, port: int, timeout: float) -> str:
         raise Late(f"looking up {host} took over {timeout:g} s")
     if isinstance(found[0], OSError):
         raise found[0]
-    return cast(str, found[0])
+    return cast("list[str]", found[0])
+
+
+def _connected(addresses: list[str], port: int, timeout: float) -> socket.socket:
+    """A connection to the first of ``addresses`` that takes one (``localhost`` may be ::1
+    first while the agent listens on 127.0.0.1 only), within ``timeout`` in all."""
+    end = time.monotonic() + timeout
+    failure: OSError = OSError(f"no address to connect to (port {port})")
+    for address in addresses:
+        try:
+            return socket.create_connection((address, port), max(0.001, end - time.monotonic()))
+        except OSError as exc:
+            failure = exc
+    raise failure
 
 
 class Late(TimeoutError):
@@ -315,14 +327,14 @@ class _Pool:
                 self._schedule_reaper(self.idle_timeout)
             else:
                 self._close(connection)
-            self._cond.notify()
+            self._cond.notify_all()
 
     def discard(self, connection: _Connection, long: bool) -> None:
         """A connection that failed, was interrupted or that the server closes."""
         with self._cond:
             self._long -= long
             self._close(connection)
-            self._cond.notify()
+            self._cond.notify_all()
 
     def pushed_back(self) -> None:
         """The agent refused a connection: use fewer for a while, and give idle ones back."""
@@ -373,7 +385,7 @@ class _Pool:
 
 
 _POOLS: dict[tuple[Any, ...], _Pool] = {}
-_POOLS_LOCK = threading.Lock()
+_POOLS_LOCK = forks.Lock()
 
 
 def pool_for(settings: ConsulSettings) -> _Pool:
@@ -436,18 +448,27 @@ class Interrupt:
 
 def _refused_at_accept(connection: _Connection, exc: BaseException) -> bool:
     """Whether a failure is the agent refusing the connection as it accepted it (it writes its
-    plain-text 429 and closes, before reading anything): a fresh connection reset or closed
-    before any answer or, over TLS, a handshake that failed for any reason but a certificate
-    (the 429's text came where a TLS record was expected). A TLS connection closed after its
-    handshake is something else: an agent that wants a client certificate does that."""
+    429 and closes, before reading anything; over TLS after the handshake, with a 10 ms
+    deadline): a fresh connection reset or closed before any answer, or a TLS handshake cut
+    short. A handshake that failed otherwise (plain HTTP, a certificate) is no refusal, nor is
+    a TLS connection closed after its handshake: an agent that wants a client certificate
+    does that."""
     if connection.answered or isinstance(exc, ssl.SSLCertVerificationError):
         return False
-    if connection.tls:
-        if connection.secured:
-            return False
-        if isinstance(exc, ssl.SSLError):
-            return "CERTIFICATE" not in str(exc.reason or "").upper()
-    return isinstance(exc, (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected))
+    if connection.tls and connection.secured:
+        return False
+    # over TLS Consul answers the 429 through TLS after the handshake: a handshake cut short (EOF
+    # or reset) is the same refusal, a handshake that met something else (plain HTTP) is not
+    return isinstance(
+        exc,
+        (
+            ConnectionResetError,
+            BrokenPipeError,
+            http.client.RemoteDisconnected,
+            ssl.SSLEOFError,
+            ssl.SSLZeroReturnError,
+        ),
+    )
 
 
 def _reason(exc: BaseException) -> str:
@@ -512,11 +533,17 @@ class Transport:
         interrupt: Interrupt | None = None,
     ) -> Answer:
         """One request as given (python-consul2's calls come through here too). ``long`` marks a
-        blocking read, which may not take the budget's last connection.
+        blocking read, which may not take the budget's last connection. None is sent once the
+        caller's deadline has passed (:mod:`consulresults.deadline`).
 
         When the agent refuses the connection (over its per-client-IP limit), nothing was
         applied: the request is sent again after a full-jitter back-off, for up to
         ``backpressure_patience`` seconds, whatever the request."""
+        if passed():
+            raise compatible(ConsulTimeout)(
+                f"{method} {path} was not sent to Consul at {self.base_uri}: the caller's "
+                "deadline had passed"
+            )
         headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "gzip", **(headers or {})}
         if self._token:
             headers["X-Consul-Token"] = self._token
@@ -634,6 +661,7 @@ class Transport:
         finally:
             if timer is not None:
                 timer.cancel()
+            watchdog.attach(None)  # a watchdog firing late must not cut the next request
             if interrupt is not None:
                 interrupt.attach(None)
 

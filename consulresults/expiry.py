@@ -33,7 +33,6 @@ from typing import Any, cast
 from . import forks
 from .background import BACKGROUND, Timer
 from .connection import Transport, is_transient
-from .retry import RetryPolicy
 
 MAX_TTL = 86_400
 MIN_TTL = 10
@@ -174,29 +173,34 @@ class SessionPool:
             self._renew_later(session_id, landed)
         return session_id
 
-    def _renew_later(self, session_id: str, delay: float) -> None:
-        timer = BACKGROUND.call_later(delay, lambda: self._renew_due(session_id))
+    def _renew_later(
+        self, session_id: str, delay: float, tries: int = 0, since: float | None = None
+    ) -> None:
+        first = time.monotonic() + delay if since is None else since
+        timer = BACKGROUND.call_later(delay, lambda: self._renew_due(session_id, tries, first))
         _pending.add(session_id, timer, self)
 
-    def _renew_due(self, session_id: str) -> None:
+    def _renew_due(self, session_id: str, tries: int, since: float) -> None:
+        """One try on the background thread, which must not sleep through an outage (every
+        waiter of the process relies on it): a transient failure is tried again later, by a
+        new timer, for up to ``RENEW_PATIENCE`` (the TTL leaves hours for it)."""
         _pending.take(session_id)
-        self._renew(session_id)
+        try:
+            self._transport.request("PUT", f"/v1/session/renew/{session_id}")
+        except Exception as exc:
+            pause = min(60.0, 2.0 ** (tries + 1))
+            if is_transient(exc) and time.monotonic() + pause - since < RENEW_PATIENCE:
+                self._renew_later(session_id, pause, tries + 1, since)
+            else:
+                _renewal_failed(session_id, exc)
 
-    def _renew(
-        self, session_id: str, patience: float = RENEW_PATIENCE, timeout: float | None = None
-    ) -> None:
-        """Renew once; an outage is retried (the TTL leaves hours for it), a failure logged."""
-        policy = RetryPolicy(is_transient, lambda n: min(60.0, 2.0**n), patience=patience)
+    def _renew_now(self, session_id: str) -> None:
+        """One try, briefly (a process on its way out)."""
         path = f"/v1/session/renew/{session_id}"
         try:
-            policy.call(lambda: self._transport.request("PUT", path, timeout=timeout))
+            self._transport.request("PUT", path, timeout=EXIT_TIMEOUT)
         except Exception as exc:
-            logger.warning(
-                "could not renew session %s (%s): results written under it may be removed up "
-                "to its window early",
-                session_id,
-                exc,
-            )
+            _renewal_failed(session_id, exc)
 
     def discard_if_invalid(self, session_id: str | None, errors: list[dict[str, Any]]) -> None:
         """Forget a session a txn reported invalid (expired, or destroyed by an operator)."""
@@ -209,7 +213,7 @@ class SessionPool:
 
 
 _POOLS: dict[tuple[object, ...], SessionPool] = {}
-_POOLS_LOCK = threading.Lock()
+_POOLS_LOCK = forks.Lock()
 
 
 def session_pool(transport: Transport, prefix: str) -> SessionPool:
@@ -222,6 +226,15 @@ def session_pool(transport: Transport, prefix: str) -> SessionPool:
         if pool is None:
             pool = _POOLS[key] = SessionPool(transport, prefix)
         return pool
+
+
+def _renewal_failed(session_id: str, exc: BaseException) -> None:
+    logger.warning(
+        "could not renew session %s (%s): results written under it may be removed up to its "
+        "window early",
+        session_id,
+        exc,
+    )
 
 
 class _PendingRenewals:
@@ -257,7 +270,7 @@ def renew_pending() -> None:
     ``worker_process_shutdown`` (prefork children leave without running ``atexit``)."""
     for sid, timer, pool in _pending.take():
         timer.cancel()
-        pool._renew(sid, patience=0.0, timeout=EXIT_TIMEOUT)
+        pool._renew_now(sid)
 
 
 atexit.register(renew_pending)

@@ -6,6 +6,7 @@ thread does not exist. Objects registered here are reset in the child, before it
 from __future__ import annotations
 
 import os
+import threading
 import weakref
 from typing import Protocol
 
@@ -21,6 +22,24 @@ _OBJECTS: weakref.WeakSet[Resettable] = weakref.WeakSet()
 def reset_in_forked_child(obj: Resettable) -> None:
     """Call ``obj.reset()`` in every child forked from now on (while ``obj`` lives)."""
     _OBJECTS.add(obj)
+
+
+class Lock:
+    """A module-level lock that a forked child gets anew (a parent's thread may hold it at the
+    fork, and would never release it in the child)."""
+
+    def __init__(self) -> None:
+        self.reset()
+        reset_in_forked_child(self)
+
+    def reset(self) -> None:
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> bool:
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
 
 
 def _reset_all() -> None:

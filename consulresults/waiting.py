@@ -22,6 +22,7 @@ decodes it and checks its state).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -32,6 +33,7 @@ from .background import BACKGROUND
 from .connection import Interrupt, Interrupted
 from .kv import Entry, KVStore
 
+logger = logging.getLogger(__name__)
 ROUND_SECONDS = 0.5
 LONG_WAIT = 10.0
 INTERRUPT_HOLDOFF = 5.0  # after cutting a long read short, poll for a while before another
@@ -155,7 +157,10 @@ class WaitingService:
             keys = group.keys()
             fresh, group.fresh = group.fresh & keys, set()
         if may_block and len(keys) == 1 and now >= group.no_long_until:
-            return self._long_round(group, keys.pop(), until)
+            key = keys.pop()
+            if key in fresh:
+                group.last_long = ("", 0)  # a new waiter's key: read it now, not past an index
+            return self._long_round(group, key, until)
         group.last_long = ("", 0)
         if now < group.next_poll:
             to_read = fresh
@@ -181,6 +186,8 @@ class WaitingService:
         wait = max(0.0, min(LONG_WAIT, timeout, until - time.monotonic()))
         interrupt = Interrupt()
         with self._lock:
+            if group.keys() != {key} or group.fresh:
+                return time.monotonic()  # a waiter came meanwhile: a new round for it
             group.long_key, group.interrupt = key, interrupt
             index = group.last_long[1] if group.last_long[0] == key else 0
         mode = "stale" if group.store.transport.consistency == "stale" else "default"
@@ -203,7 +210,11 @@ class WaitingService:
         with self._lock:
             for watch in list(group.watches):
                 for key in [key for key in watch.keys if key in entries]:
-                    watch.offer(key, entries[key])
+                    try:
+                        watch.offer(key, entries[key])
+                    except Exception:  # one broken waiter must not cost the others their news
+                        logger.exception("consulresults: a waiter failed to take its result")
+                        group.watches.discard(watch)
 
     def _fail(self, group: _Group, exc: BaseException) -> None:
         with self._lock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 from celery import states
@@ -143,3 +144,14 @@ def test_a_ready_result_is_returned_without_another_read(consul_dev_server_facto
 
     assert run(main()) == list(range(20))
     assert server.counters().get("kv.get", 0) == 0  # only the service's txn reads and the stores
+
+
+def test_a_key_just_read_by_a_thread_is_read_again_for_an_await(make_app, consul_prefix):
+    """A waiter's key that the service has already read at some index is read at once for a
+    new await, not after the next change (or its 10 s blocking read)."""
+    app = make_app()
+    app.backend.store_result("aio-twice", 7, states.SUCCESS)
+    assert app.AsyncResult("aio-twice").get(timeout=10) == 7
+    started = time.monotonic()
+    assert run(aio.get(app.AsyncResult("aio-twice"), timeout=30)) == 7
+    assert time.monotonic() - started < 5

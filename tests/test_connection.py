@@ -26,8 +26,8 @@ def transport_to(server, **options) -> Transport:
 
 
 def test_requests_share_one_keep_alive_connection(consul_server):
-    transport = transport_to(consul_server)
-    transport.request("GET", "/v1/status/leader")  # the pool has a connection now
+    transport = transport_to(consul_server, max_connections=3)  # a pool of its own: no old
+    transport.request("GET", "/v1/status/leader")  # connection in it; it has a fresh one now
     consul_server.reset_counters()
     for _ in range(10):
         transport.request("GET", "/v1/status/leader")

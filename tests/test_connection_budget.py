@@ -182,3 +182,19 @@ def test_back_pressure_past_its_patience_is_a_clear_429(consul_dev_server_factor
     assert err.value.status == 429
     for sock in held:
         sock.close()
+
+
+def test_https_to_a_plain_http_agent_is_no_back_pressure(consul_dev_server_factory):
+    """A TLS handshake that meets plain HTTP is a configuration error, said at once: not the
+    agent's connection limit, ridden out for backpressure_patience."""
+    import time
+
+    import requests
+
+    server = consul_dev_server_factory()  # plain HTTP
+    url = f"consulresults://{server.address}/?scheme=https&backpressure_patience=60"
+    transport = connect(resolve(url, {}))
+    started = time.monotonic()
+    with pytest.raises(requests.exceptions.SSLError):
+        transport.request("GET", "/v1/status/leader")
+    assert time.monotonic() - started < 30

@@ -231,3 +231,9 @@ def test_parent_ids_follow_chains_and_groups(make_app):
     chain = app.AsyncResult("c3", parent=app.AsyncResult("c2", parent=app.AsyncResult("c1")))
     assert parent_ids(chain) == ("c2", "c1")
     assert parent_ids(app.AsyncResult("alone")) == ()
+
+
+def test_get_many_max_iterations_ends_without_on_interval(make_app, consul_prefix):
+    """Celery's contract: after max_iterations rounds, get_many stops, ready or not."""
+    app = make_app()
+    assert list(app.backend.get_many(["never-a", "never-b"], interval=0.05, max_iterations=2)) == []
