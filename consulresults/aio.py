@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+from celery import states
 from celery.exceptions import TimeoutError
 from celery.result import AsyncResult, GroupResult
 
@@ -35,8 +36,10 @@ async def get(
     members = list(result.results) if isinstance(result, GroupResult) else [result]
     parents = () if isinstance(result, GroupResult) or not propagate else parent_ids(result)
     metas: dict[str, dict[str, Any]] = {}
-    async for _ in _completed(members, parents, timeout, metas):
-        pass
+    async for done in _completed(members, parents, timeout, metas):
+        if propagate and metas[done.id]["status"] in states.PROPAGATE_STATES:
+            with known(metas):  # a group raises its first failure as it comes, as join_native
+                done.maybe_throw()
     with known(metas):  # Celery's get() reads these: no request on the event loop
         if isinstance(result, GroupResult):
             return result.join_native(propagate=propagate, disable_sync_subtasks=False)

@@ -155,3 +155,11 @@ def test_a_key_just_read_by_a_thread_is_read_again_for_an_await(make_app, consul
     started = time.monotonic()
     assert run(aio.get(app.AsyncResult("aio-twice"), timeout=30)) == 7
     assert time.monotonic() - started < 5
+
+
+def test_a_group_raises_its_first_failure_without_waiting_for_the_rest(make_app, consul_prefix):
+    app = make_app()
+    group = GroupResult("aio-g-bad", [app.AsyncResult(f"aio-gb{i}") for i in range(3)], app=app)
+    app.backend.mark_as_failure("aio-gb1", ValueError("member one"))
+    with pytest.raises(ValueError, match="member one"):  # the others never finish
+        run(aio.get(group, timeout=30))
