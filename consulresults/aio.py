@@ -76,7 +76,6 @@ async def _completed(
     loop = asyncio.get_running_loop()
     event = asyncio.Event()
     waiter = _Waiter(
-        backend.store,
         keys,
         watched,
         backend._meta,

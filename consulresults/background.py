@@ -118,11 +118,6 @@ class Background:
             timer.cancelled = timer.cancelled or cancelled
             timer.fired = timer.fired or not cancelled
 
-    def pending(self) -> list[Timer]:
-        """The timers not yet run (for a clean exit that runs some of them early)."""
-        with self._cond:
-            return [timer for _, _, timer in self._timers if not timer.cancelled]
-
     def stop(self, timeout: float = 2.0) -> None:
         """Stop the thread (at exit): what it is doing is allowed ``timeout`` seconds."""
         with self._cond:

@@ -134,14 +134,12 @@ class _Waiter:
 
     def __init__(
         self,
-        store: KVStore,
         keys: dict[str, str],
         parents: dict[str, str],
         decode: Callable[[bytes | None], dict[str, Any]],
         ready_states: frozenset[str] = states.READY_STATES,
         notify: Callable[[], object] | None = None,
     ) -> None:
-        self.store = store
         self.keys = keys  # full key -> task id
         self._ready_states = ready_states
         self.parents = parents
@@ -227,7 +225,7 @@ class WaitingMixin(KeyValueStoreBackend):
         if meta["status"] not in states.READY_STATES:
             watched = {self._key(self.get_key_for_task(p)): p for p in parents or ()}
             parents_watched = watched if checks == "parents" else {}
-            waiter = _Waiter(self.store, {key: task_id}, parents_watched, self._meta)
+            waiter = _Waiter({key: task_id}, parents_watched, self._meta)
             meta = self._wait(waiter, after(None), on_interval, checks, interval)
         if on_interval is not None and checks != "none" and meta["status"] != states.SUCCESS:
             on_interval()  # a failed chord body: raise the failed header task's own error
@@ -322,7 +320,7 @@ class WaitingMixin(KeyValueStoreBackend):
     ) -> Iterator[tuple[str, dict[str, Any]]]:
         deadline, message = after(_bounded(timeout)), f"Operation timed out ({timeout})"
         keys = {self._key(self.get_key_for_task(task_id)): task_id for task_id in ids}
-        waiter = _Waiter(self.store, keys, {}, self._meta, ready_states)
+        waiter = _Waiter(keys, {}, self._meta, ready_states)
         with until(deadline), timing_out(message):  # not held across a yield
             entries = self._retrying(self.store.entries, list(keys))
         for key, entry in entries.items():

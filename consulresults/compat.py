@@ -12,33 +12,33 @@ from __future__ import annotations
 import consul.base
 import requests
 
-from . import exceptions as connection  # the classes raised as these
+from . import exceptions
 
 
-class ConsulError(connection.ConsulError, consul.base.ConsulException):
+class ConsulError(exceptions.ConsulError, consul.base.ConsulException):
     pass
 
 
-class PermissionDenied(connection.PermissionDenied, ConsulError, consul.base.ACLPermissionDenied):
+class PermissionDenied(exceptions.PermissionDenied, ConsulError, consul.base.ACLPermissionDenied):
     pass
 
 
-class ConsulUnreachable(connection.ConsulUnreachable, requests.ConnectionError):
+class ConsulUnreachable(exceptions.ConsulUnreachable, requests.ConnectionError):
     pass
 
 
-class ConsulTLSError(connection.ConsulTLSError, ConsulUnreachable, requests.exceptions.SSLError):
+class ConsulTLSError(exceptions.ConsulTLSError, ConsulUnreachable, requests.exceptions.SSLError):
     pass
 
 
-class ConsulTimeout(connection.ConsulTimeout, requests.Timeout):
+class ConsulTimeout(exceptions.ConsulTimeout, requests.Timeout):
     pass
 
 
 COMPATIBLE: dict[type[BaseException], type[BaseException]] = {
-    connection.ConsulError: ConsulError,
-    connection.PermissionDenied: PermissionDenied,
-    connection.ConsulUnreachable: ConsulUnreachable,
-    connection.ConsulTLSError: ConsulTLSError,
-    connection.ConsulTimeout: ConsulTimeout,
+    exceptions.ConsulError: ConsulError,
+    exceptions.PermissionDenied: PermissionDenied,
+    exceptions.ConsulUnreachable: ConsulUnreachable,
+    exceptions.ConsulTLSError: ConsulTLSError,
+    exceptions.ConsulTimeout: ConsulTimeout,
 }

@@ -124,7 +124,7 @@ class WaitingService:
                 group.watches.discard(watch)
 
     def watched_keys(self) -> int:
-        """How many keys are waited on now, over every group (for tests and ``doctor``)."""
+        """How many keys are waited on now, over every group (for tests and benchmarks)."""
         with self._lock:
             return sum(len(group.keys()) for group in self._groups.values())
 
