@@ -592,12 +592,15 @@ def storm_run(args: argparse.Namespace, processes: int, limit: int) -> dict[str,
         server.reset_counters()
         go.set()
         reports: list[dict[str, Any]] = []
+        open_samples: list[int] = []
         deadline = time.monotonic() + args.storm_seconds + 120
         while len(reports) < up and time.monotonic() < deadline:
             try:
-                reports.append(out.get(timeout=max(0.1, deadline - time.monotonic())))
+                reports.append(out.get(timeout=0.25))
             except Exception:
-                break
+                if not reports:  # while every process is still storing
+                    open_samples.append(server.local("open"))
+        figures["open_mean"] = statistics.mean(open_samples) if open_samples else 0
         killed = 0
         for child in children:
             child.join(max(0.1, deadline - time.monotonic()))
@@ -715,8 +718,8 @@ def table(results: dict[str, dict[str, Any]]) -> None:
     if "storm" in results:
         print(
             f"\n{'storm':<8} {'procs':>5} {'stored':>7} {'/s':>7} {'lost':>5} {'errors':>7} "
-            f"{'min/med/max per proc':>21} {'p99 ms':>8} {'max ms':>8} {'peak':>5} "
-            f"{'refused':>7} {'new conns':>9}"
+            f"{'min/med/max per proc':>21} {'p50 ms':>7} {'p99 ms':>8} {'max ms':>8} "
+            f"{'peak':>5} {'mean open':>9} {'refused':>7} {'new conns':>9}"
         )
         for key in ("limited", "unlimited"):
             s = results["storm"][key]
@@ -724,8 +727,9 @@ def table(results: dict[str, dict[str, Any]]) -> None:
             print(
                 f"{'limit ' + str(s['limit']):<8} {s['processes']:>5} {s['stored']:>7} "
                 f"{s['throughput']:>7.0f} {s['lost']:>5} {sum(s['errors'].values()):>7} "
-                f"{p['min']:>7}/{p['median']:>6g}/{p['max']:>6} {ms(s['latency']['p99']):>8} "
-                f"{ms(s['latency']['max']):>8} {s['server_peak']:>5} {s['refused']:>7} "
+                f"{p['min']:>7}/{p['median']:>6g}/{p['max']:>6} {ms(s['latency']['p50']):>7} "
+                f"{ms(s['latency']['p99']):>8} {ms(s['latency']['max']):>8} "
+                f"{s['server_peak']:>5} {s['open_mean']:>9.0f} {s['refused']:>7} "
                 f"{s['new_connections']:>9}"
             )
         print(f"throughput limited/unlimited: {results['storm']['throughput_ratio']:.2f}")

@@ -39,12 +39,16 @@ from .exceptions import ConsulTimeout as ConsulTimeout
 from .exceptions import ConsulTLSError as ConsulTLSError
 from .exceptions import ConsulUnreachable as ConsulUnreachable
 from .exceptions import PermissionDenied as PermissionDenied
+from .pressure import HostPressure
 from .settings import ConsulSettings, SettingsError
 
 MAX_AGE = 5.0  # a busy process gives its slot back this often: the agent's limit is shared
 PRESSURE_COOLDOWN = 10.0
+PRESSED_LEASE = 0.25  # under back-pressure, a connection serves requests for this long
 PUSHBACK_TEXT = "Your IP is issuing too many concurrent connections"
-PUSHBACK_BACKOFF = (0.02, 1.0)  # full jitter: the first retry within 40 ms, none over 1 s apart
+# full jitter after a 429: the first retry within 40 ms, none over 250 ms apart (the agent's
+# refusal is cheap, and a longer wait loses the slots that come free to processes that waited less)
+PUSHBACK_BACKOFF = (0.02, 0.25)
 USER_AGENT = f"consul-results/{__version__}"
 _CONSISTENT_READS = ("/v1/kv/", "/v1/session/info/", "/v1/session/list")
 _E = TypeVar("_E", bound=BaseException)
@@ -251,11 +255,16 @@ class _Pool:
     - A request past the budget waits for a connection to come free, within its timeout.
     - Long requests (blocking reads) may hold all connections but one, so stores, renewals and
       short reads always have one.
-    - Idle connections are closed after ``idle_timeout`` (by the background thread), and any
-      connection older than ``MAX_AGE`` when it is given back, so a busy process gives its
-      slots back now and then and an idle one holds none.
+    - Idle connections are closed after ``idle_timeout`` (by the background thread), and a
+      connection's first request past ``MAX_AGE`` asks the agent to close it, so a busy process
+      gives its slots back now and then (the socket's TIME_WAIT is the agent's) and an idle one
+      holds none.
     - After the agent refused a connection (back-pressure), the budget is halved for
-      ``PRESSURE_COOLDOWN`` seconds and connections are closed as soon as they are idle.
+      ``PRESSURE_COOLDOWN`` seconds. While this process or another of the host was refused
+      lately (:mod:`consulresults.pressure`), a connection serves requests for
+      ``PRESSED_LEASE`` only, and the process waits a random while (as long as a refused one
+      would) before it opens the next: the slot it gave back goes to a process that was
+      waiting for one, not back to itself, so every process gets its turn.
     """
 
     def __init__(self, settings: ConsulSettings) -> None:
@@ -264,6 +273,7 @@ class _Pool:
         self._server_name = settings.tls_server_name or settings.host
         self.limit = settings.max_connections
         self.idle_timeout = settings.idle_timeout
+        self._host_pressure = HostPressure(self._host, self._port, PRESSURE_COOLDOWN)
         self.reset()
         forks.reset_in_forked_child(self)  # the idle sockets would be the parent's
 
@@ -275,6 +285,7 @@ class _Pool:
         self.peak = 0
         self._cap = self.limit
         self._calm_at = 0.0  # when a cap lowered by back-pressure is restored
+        self._turn_at = 0.0  # no new connection before, once one was given back under pressure
         self._reaper: Timer | None = None
 
     def take(self, long: bool, deadline: float) -> _Connection:
@@ -285,12 +296,12 @@ class _Pool:
                 connection = self._grant(long)
                 if connection is not None:
                     return connection
-                left = deadline - time.monotonic()
-                if left <= 0:
+                now = time.monotonic()
+                if now >= deadline:
                     raise PoolExhausted(
                         f"all {self._cap} connections of this process's budget stayed busy"
                     )
-                self._cond.wait(left)
+                self._cond.wait(min(deadline, max(self._turn_at, now + 0.001)) - now)
 
     def _grant(self, long: bool) -> _Connection | None:
         now = time.monotonic()
@@ -299,7 +310,7 @@ class _Pool:
         if long and self._long >= self._cap - 1:
             return None
         connection = self._reuse()
-        if connection is None and self._open < self._cap:
+        if connection is None and self._open < self._cap and now >= self._turn_at:
             self._open += 1
             self.peak = max(self.peak, self._open)
             connection = _Connection(self._host, self._port, self._context, self._server_name)
@@ -321,23 +332,31 @@ class _Pool:
         with self._cond:
             self._long -= long
             now = time.monotonic()
-            keep = now - connection.born < MAX_AGE and now >= self._calm_at
-            if keep and self._open <= self._cap:
+            if self._open <= self._cap and not self.last_use(connection):
                 self._idle.append((connection, now))
                 self._schedule_reaper(self.idle_timeout)
             else:
-                self._close(connection)
+                self._release(connection)
             self._cond.notify_all()
 
     def discard(self, connection: _Connection, long: bool) -> None:
-        """A connection that failed, was interrupted or that the server closes."""
+        """A connection that failed, was interrupted or that the server closes: under pressure,
+        the next one waits its turn."""
         with self._cond:
             self._long -= long
-            self._close(connection)
+            self._release(connection)
             self._cond.notify_all()
+
+    def _release(self, connection: _Connection) -> None:
+        """Close ``connection``; if it served requests under pressure, its slot is another
+        process's turn: this one waits as long as a refused process would."""
+        self._close(connection)
+        if connection.answered and self.pressed():
+            self._turn_at = time.monotonic() + random.uniform(0, PUSHBACK_BACKOFF[1])
 
     def pushed_back(self) -> None:
         """The agent refused a connection: use fewer for a while, and give idle ones back."""
+        self._host_pressure.refused()
         with self._cond:
             self._cap = max(min(2, self.limit), self._cap // 2)
             self._calm_at = time.monotonic() + PRESSURE_COOLDOWN
@@ -345,10 +364,16 @@ class _Pool:
                 self._close(self._idle.pop()[0])
 
     def pressed(self) -> bool:
-        """Whether the agent pushed back lately: then each connection serves one request and
-        the agent closes it (``Connection: close``), so this process holds a slot only while
-        a request is in flight, and the socket's TIME_WAIT is the agent's, not ours."""
-        return time.monotonic() < self._calm_at
+        """Whether the agent pushed this process or another of the host back lately."""
+        now = time.monotonic()
+        return now < self._calm_at or now < self._host_pressure.felt()
+
+    def last_use(self, connection: _Connection) -> bool:
+        """Whether a request on ``connection`` should be its last: it is older than a busy
+        process may hold a slot (``MAX_AGE``, or ``PRESSED_LEASE`` under pressure). The agent
+        is asked to close it (``Connection: close``), so the TIME_WAIT is the agent's."""
+        age = time.monotonic() - connection.born
+        return age >= MAX_AGE or (age >= PRESSED_LEASE and self.pressed())
 
     def stats(self) -> dict[str, int]:
         """Open, idle and long-held connections, the budget now and at most, and the peak."""
@@ -407,6 +432,12 @@ def pool_for(settings: ConsulSettings) -> _Pool:
         if pool is None:
             pool = _POOLS[key] = _Pool(settings)
         return pool
+
+
+def pushback_delay(tries: int) -> float:
+    """How long to wait before trying again after the agent refused ``tries`` connections."""
+    low, cap = PUSHBACK_BACKOFF
+    return random.uniform(0, min(cap, low * 2**tries))
 
 
 class BackPressure(Exception):
@@ -567,8 +598,7 @@ class Transport:
                 return self._send_once(request)
             except BackPressure as exc:
                 tries += 1
-                low, cap = PUSHBACK_BACKOFF
-                delay = random.uniform(0, min(cap, low * 2**tries))
+                delay = pushback_delay(tries)
                 if time.monotonic() + delay >= give_up:
                     time.sleep(max(0.0, give_up - time.monotonic()))  # give up when due
                     raise compatible(ConsulError)(
@@ -602,7 +632,7 @@ class Transport:
         long = request.long
         connection = self.pool.take(long, time.monotonic() + clamp(request.timeout))
         try:
-            response, content = self._talk(connection, request, self.pool.pressed())
+            response, content = self._talk(connection, request, self.pool.last_use(connection))
         except BaseException as exc:
             self.pool.discard(connection, long)
             if _refused_at_accept(connection, exc):
@@ -624,7 +654,7 @@ class Transport:
 
     @staticmethod
     def _talk(
-        connection: _Connection, request: _Request, pressed: bool
+        connection: _Connection, request: _Request, last: bool
     ) -> tuple[http.client.HTTPResponse, bytes]:
         """Send ``request`` and read the whole answer within its timeout: the socket's timeout
         bounds each receive, and a watchdog on the background thread cuts an answer that
@@ -647,7 +677,7 @@ class Transport:
             if interrupt is not None:
                 interrupt.attach(connection)
             headers = request.headers
-            if pressed:
+            if last:
                 headers = {**headers, "Connection": "close"}
             connection.request(request.method, request.target, body=request.body, headers=headers)
             response = connection.getresponse()

@@ -134,7 +134,9 @@ def hold_connections(server, n: int) -> list[socket.socket]:
     return held
 
 
-def test_a_store_rides_out_the_agents_connection_limit(consul_dev_server_factory, make_app):
+def test_a_store_rides_out_the_agents_connection_limit(
+    consul_dev_server_factory, make_app, monkeypatch
+):
     """Over the agent's per-IP limit, a new connection is answered 429 and closed: nothing was
     applied, so the store waits (full-jitter back-off) until a slot frees, with no
     result_backend_always_retry and no error."""
@@ -164,8 +166,33 @@ def test_a_store_rides_out_the_agents_connection_limit(consul_dev_server_factory
     pool = app.backend.transport.pool
     assert pool.stats()["cap"] < pool.limit  # the process uses fewer for a while
     assert pool.pressed()
-    app.backend.get_task_meta("limited-1")  # one request, then the agent closes it
+    from consulresults import connection
+
+    monkeypatch.setattr(connection, "PRESSED_LEASE", 0.0)
+    app.backend.get_task_meta("limited-1")  # its lease is over: the agent closes it
     assert pool.stats()["idle"] == 0  # a slot held only while a request is in flight
+    for sock in held:
+        sock.close()
+
+
+def test_every_process_of_the_host_feels_a_refusal(consul_dev_server_factory, monkeypatch):
+    """The processes holding the agent's slots never see its 429: a refused one tells them (a
+    file of this user's), so they give their slots back after a short lease too."""
+    from consulresults import connection
+
+    server = consul_dev_server_factory(http_max_conns_per_client=2)
+    holder = transport_for(server, max_connections=3)  # another pool, as another process's
+    refused = transport_for(server, max_connections=2, backpressure_patience=0.5)
+    holder.request("GET", "/v1/status/leader")
+    assert not holder.pool.pressed() and holder.pool.stats()["idle"] == 1
+    held = hold_connections(server, 1)  # the agent is now full
+    with pytest.raises(connection.ConsulError) as failure:
+        refused.request("GET", "/v1/status/leader")
+    assert failure.value.status == 429
+    assert holder.pool.pressed()
+    monkeypatch.setattr(connection, "PRESSED_LEASE", 0.0)
+    holder.request("GET", "/v1/status/leader")  # its lease is over: the agent closes it
+    assert holder.pool.stats()["idle"] == 0
     for sock in held:
         sock.close()
 

@@ -254,13 +254,28 @@ async def listen(
     listeners: list[LimitedListener] = []
     try:
         for family, address in addresses:
-            sock = socket.create_server(address, family=family)
+            sock = socket.create_server(address, family=family, backlog=BACKLOG)
             listeners.append(LimitedListener.adopt(sock, limiter, tls_refusal))
     except OSError:
         for listener in listeners:
             listener.close()
         raise
     return listeners
+
+
+def listen_backlog() -> int:
+    """The accept queue's length as Go's ``net.Listen`` (Consul's listener) chooses it: the
+    kernel's ``somaxconn``. A shorter queue (Python's default is 128) overflows when hundreds of
+    processes connect at once, and every SYN dropped costs its client a 1 s retransmit that
+    Consul would not cause."""
+    try:
+        with open("/proc/sys/net/core/somaxconn") as limit:
+            return max(1, min(int(limit.read()), 65535))
+    except (OSError, ValueError):
+        return socket.SOMAXCONN
+
+
+BACKLOG = listen_backlog()
 
 
 def _checked(limit: int) -> int:

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from .acl import AclConfig
 from .api import VERSION, ConsulApi, Counters, ServerConfig
-from .connlimit import DEFAULT_LIMIT, ConnectionLimiter, listen
+from .connlimit import BACKLOG, DEFAULT_LIMIT, ConnectionLimiter, listen
 from .durations import parse_go_duration
 from .faults import FaultInjector, FaultRule
 from .persistence import DataDir
@@ -133,7 +133,9 @@ class DevServer:
         try:
             # bound here rather than by aiohttp, so that connections are counted as accepted
             for sock in await listen(self.host, self.port, self.connections, self.ssl_context):
-                await web.SockSite(self._runner, sock, ssl_context=self.ssl_context).start()
+                await web.SockSite(
+                    self._runner, sock, ssl_context=self.ssl_context, backlog=BACKLOG
+                ).start()
         except OSError:
             await self._runner.cleanup()
             raise

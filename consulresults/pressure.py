@@ -1,0 +1,53 @@
+"""Back-pressure felt by any process of this user on this host, for one agent.
+
+A Consul agent limits the connections of each client IP (``limits.http_max_conns_per_client``),
+so every process on a host shares one budget. Only a process that opens a connection while the
+agent is full learns of it (the agent's 429); the processes holding the agent's slots do not, and
+without word from the others they would keep them while the refused ones starve. A refused
+process therefore touches a file named for the agent in the temporary directory, and every
+process looks at its time now and then (a ``stat``, at most every ``CHECK_EVERY`` seconds): while
+it is recent, each process gives its connections back after a short lease.
+
+The file is the user's own (mode 0600; its name has the uid), so another user on the host cannot
+slow this user's processes down; processes of other users or in other containers feel the
+pressure only when the agent refuses them. Nothing is written while the agent is not refusing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+import time
+
+CHECK_EVERY = 0.1
+
+
+class HostPressure:
+    """The shared mark of one agent's refusals: :meth:`refused` sets it, :meth:`felt` reads it."""
+
+    def __init__(self, host: str, port: int, lasts: float) -> None:
+        agent = hashlib.sha256(f"{host}:{port}".encode()).hexdigest()[:16]
+        uid = os.getuid() if hasattr(os, "getuid") else 0
+        self.path = os.path.join(tempfile.gettempdir(), f"consulresults-{uid}-{agent}.pressure")
+        self.lasts = lasts
+        self._checked_at = 0.0
+        self._until = 0.0  # monotonic
+
+    def refused(self) -> None:
+        """This process was refused: let the others know (best effort; a failure is ignored)."""
+        with contextlib.suppress(OSError):
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+            os.utime(self.path)
+
+    def felt(self) -> float:
+        """Until when (monotonic) the host is under pressure, as last seen; 0 if it is not."""
+        now = time.monotonic()
+        if now >= self._checked_at:
+            self._checked_at = now + CHECK_EVERY
+            with contextlib.suppress(OSError):
+                stat = os.stat(self.path)
+                if stat.st_uid == (os.getuid() if hasattr(os, "getuid") else stat.st_uid):
+                    self._until = now + self.lasts - (time.time() - stat.st_mtime)
+        return self._until
