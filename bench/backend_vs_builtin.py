@@ -3,12 +3,16 @@
 The dev server runs in its own process; its counters give requests and TCP connections per
 operation. Both backends use the same prefix layout and the same data.
 
-    .venv/bin/python bench/backend_vs_builtin.py [--stores 500] [--ids 1000]
+"wait" is how soon ``AsyncResult.get()`` returns after its result is stored (a waiter already
+waiting for 0.1 s; ``--waits`` of them, one after another): its rate is 1 / the mean latency.
+
+    .venv/bin/python bench/backend_vs_builtin.py [--stores 500] [--ids 1000] [--waits 50]
 """
 
 from __future__ import annotations
 
 import argparse
+import threading
 import time
 import uuid
 
@@ -39,7 +43,37 @@ def measure(server: DevServerProcess, label: str, count: int, work) -> dict:
     }
 
 
-def run(kind: str, server: DevServerProcess, stores: int, ids: int) -> list[dict]:
+def measure_wait(server: DevServerProcess, store, waits: int) -> dict:
+    """Store → ``get()`` returned, for ``waits`` results, each with its waiter already waiting."""
+    server.reset_counters()
+    latencies = []
+    for i in range(waits):
+        task_id = f"w-{uuid.uuid4().hex}"
+        returned: list[float] = []
+
+        def wait(task_id: str = task_id, returned: list[float] = returned) -> None:
+            store.app.AsyncResult(task_id).get(timeout=30)
+            returned.append(time.perf_counter())
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        time.sleep(0.1)  # a benchmark, not a test: let the waiter start waiting
+        stored = time.perf_counter()
+        store.store_result(task_id, i, states.SUCCESS)
+        waiter.join()
+        latencies.append(returned[0] - stored)
+    counts = server.counters()
+    mean = sum(latencies) / waits
+    return {
+        "op": "wait (store → get returns)",
+        "seconds": mean,
+        "per_second": 1 / mean,
+        "requests": counts.get("requests", 0) / waits,
+        "connections": counts.get("connections", 0) / waits,
+    }
+
+
+def run(kind: str, server: DevServerProcess, stores: int, ids: int, waits: int) -> list[dict]:
     prefix = f"bench-{kind}-{uuid.uuid4().hex[:6]}"
     store = backend(kind, server, prefix)
     store.store_result("warm-up", 0, states.SUCCESS)  # our first write in a process makes a session
@@ -76,6 +110,7 @@ def run(kind: str, server: DevServerProcess, stores: int, ids: int) -> list[dict
     reader = backend(kind, server, prefix)  # a new client: nothing in Celery's result cache
     read_all = lambda: list(reader.get_many(many, timeout=30))  # noqa: E731
     rows.append(measure(server, f"get_many of {ids} ids", 1, read_all))
+    rows.append(measure_wait(server, store, waits))
     return rows
 
 
@@ -83,10 +118,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stores", type=int, default=500)
     parser.add_argument("--ids", type=int, default=1000)
+    parser.add_argument("--waits", type=int, default=50)
     args = parser.parse_args()
     with DevServerProcess() as server:
-        ours = run("ours", server, args.stores, args.ids)
-        builtin = run("builtin", server, args.stores, args.ids)
+        ours = run("ours", server, args.stores, args.ids, args.waits)
+        builtin = run("builtin", server, args.stores, args.ids, args.waits)
     print(
         f"{'operation':<26} {'ours req/op':>11} {'built-in req/op':>15} "
         f"{'ours conn/op':>12} {'built-in conn/op':>16} {'ours/s':>9} {'built-in/s':>10} "
