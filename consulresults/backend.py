@@ -28,7 +28,7 @@ import consul
 from celery import states
 from celery.backends.base import KeyValueStoreBackend
 from celery.exceptions import BackendStoreError, ImproperlyConfigured
-from celery.signals import worker_process_shutdown
+from celery.signals import task_prerun, worker_process_shutdown
 from celery.utils.log import get_logger
 from celery.utils.time import get_exponential_backoff_interval
 from kombu.utils.encoding import bytes_to_str, str_to_bytes
@@ -51,6 +51,8 @@ worker_process_shutdown.connect(
     lambda **_: renew_pending(), weak=False, dispatch_uid="consulresults.renew_pending"
 )
 _T = TypeVar("_T")
+# where a running task's request (Celery's Context, one per attempt) keeps when it began
+_STARTED = "consulresults_date_started"
 
 
 class ConsulWriteConflict(BackendStoreError):
@@ -164,6 +166,26 @@ class ConsulBackend(WaitingMixin, ChordMixin, KeyValueStoreBackend):
         """The CLI's operations on this backend's results, decoded as this app decodes them."""
         return ResultOperations(self.store, self.expiry, self.decode_result, self._wait_policy)
 
+    def _date_now(self) -> str:
+        """Now as this Celery version writes ``date_done``: naive UTC in 5.3, aware UTC in
+        5.4-5.6, the app's timezone from 5.7 on. Asking Celery, rather than copying one of
+        them, keeps ``date_started`` and ``date_done`` on the same clock and in the same format
+        whichever version runs the worker."""
+        meta = self._get_result_meta(None, states.SUCCESS, None, None)
+        return cast(str, meta["date_done"])
+
+    def _date_started(self, request: Any, task_id: str, state: str) -> str | None:
+        """When the attempt whose request this is began (``task_prerun``); None for another
+        task's id (a task may store another's result) or a request that did not run here (the
+        worker's parent stores a lost child's failure with its own). A STARTED write, just
+        after the signal, records the start if the signal came before this module was loaded:
+        a worker started with --quiet loads its backend only with its first task."""
+        if request is None or getattr(request, "id", None) != task_id:
+            return None
+        if state == states.STARTED and not hasattr(request, _STARTED):
+            setattr(request, _STARTED, self._date_now())
+        return getattr(request, _STARTED, None)
+
     def _key(self, name: str | bytes) -> str:
         return self.store.key(bytes_to_str(name))
 
@@ -209,6 +231,8 @@ class ConsulBackend(WaitingMixin, ChordMixin, KeyValueStoreBackend):
             result=result, state=state, traceback=traceback, request=request
         )
         meta["task_id"] = bytes_to_str(task_id)
+        if (started := self._date_started(request, meta["task_id"], state)) is not None:
+            meta["date_started"] = started
         try:
             self._write(
                 self._key(self.get_key_for_task(task_id)),
@@ -309,6 +333,23 @@ class ConsulBackend(WaitingMixin, ChordMixin, KeyValueStoreBackend):
         """Transient failures Celery may retry (``result_backend_always_retry``): lost
         connections, timeouts, 429 and 5xx answers such as "No cluster leader"."""
         return is_transient(exc)
+
+
+def _note_start(task: Any = None, **_: Any) -> None:
+    """``task_prerun``: keep when this attempt began on its request, for every write of its
+    result (STARTED, progress, RETRY, the outcome) to store as ``date_started``.
+
+    The signal is sent in the process and thread that runs the task, in every pool (prefork
+    child, thread, solo, gevent), whether or not ``task_track_started`` is on, once per attempt
+    (a retry is a new request). The time lives on the request, which Celery drops when the
+    attempt ends, so nothing is kept per task and nothing needs clearing; it is written with
+    the result, so it costs no Consul request."""
+    backend = getattr(task, "backend", None)
+    if isinstance(backend, ConsulBackend):
+        setattr(task.request, _STARTED, backend._date_now())
+
+
+task_prerun.connect(_note_start, weak=False, dispatch_uid="consulresults.date_started")
 
 
 def _warn_nothing_removes(setting: str, plan: ExpiryPlan) -> None:

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from . import __version__
-from .commands import cleaning, devserver, results, sessions
+from .commands import acting, cleaning, devserver, results, sessions
 from .commands.typer_app import App
 
 MANUAL = Path(sys.prefix, "share", "man", "man1", "consul-results.1")
@@ -52,6 +52,7 @@ app.command("doctor")(results.doctor)
 app.command("rm")(cleaning.rm)
 app.command("expire")(cleaning.expire)
 app.command("purge")(cleaning.purge)
+app.command("retry")(acting.retry)
 app.add_typer(sessions.app, name="sessions")
 app.command("dev-server")(devserver.dev_server)
 

@@ -314,6 +314,26 @@ class KVStore:
                 self._known.popitem(last=False)
         return True
 
+    def replace_unchanged(self, key: str, data: bytes, flags: int, index: int) -> int | None:
+        """Replace the value only if the key is still at ModifyIndex ``index`` (one txn ``cas``),
+        with ``flags``; the key's session stays, as Consul keeps it on a write without acquire
+        (its LockIndex is written as 0). The new ModifyIndex, or None when the key changed or
+        went meanwhile. Unlike :meth:`commit`, nothing is retried: a change is the answer."""
+        if len(data) > MAX_VALUE_SIZE:
+            raise ValueTooLarge(f"{len(data)} bytes, over Consul's {MAX_VALUE_SIZE}-byte limit")
+        self._forget(key)
+        op = {
+            "Verb": "cas",
+            "Key": key,
+            "Value": encode_value(data),
+            "Flags": flags,
+            "Index": index,
+        }
+        answer = self.transport.txn([{"KV": op}])
+        if not answer.applied:
+            return None
+        return int((answer.results or [])[-1]["KV"]["ModifyIndex"])
+
     # ------------------------------------------------------------------ deletes
 
     def delete(self, key: str) -> bool:

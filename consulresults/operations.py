@@ -21,9 +21,11 @@ from .deadline import after, until
 from .expiry import ExpiryPlan, in_use, made_for
 from .kv import Entry, KVStore, decoded
 from .retry import RetryPolicy
+from .runtimes import Runtimes
 from .waiting import WAITING, Watch
 
 READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+RETRIED_AS, RETRIED_AT = "retried_as", "retried_at"  # the mark `retry --mark` adds to a meta
 BLOCK_SECONDS = 10.0
 ALL_KINDS = frozenset(layout.KINDS.values())
 T = TypeVar("T")
@@ -81,8 +83,26 @@ class StoredResult:
 
     @property
     def done_at(self) -> float | None:
-        """``date_done`` as Unix time (Celery writes ISO 8601, naive meaning UTC)."""
-        text = self.meta.get("date_done") if self.meta else None
+        """``date_done`` as Unix time."""
+        return self._meta_time("date_done")
+
+    @property
+    def started_at(self) -> float | None:
+        """``date_started`` as Unix time: when the task's last attempt began, as this package's
+        backend records it (Celery's built-in backend does not)."""
+        return self._meta_time("date_started")
+
+    @property
+    def runtime(self) -> float | None:
+        """Seconds from ``date_started`` to ``date_done`` (both the worker's clock); None when
+        either is missing (not finished, or stored without a start)."""
+        started, done = self.started_at, self.done_at
+        return None if started is None or done is None else done - started
+
+    def _meta_time(self, field: str) -> float | None:
+        """A meta date as Unix time: ISO 8601 as Celery writes it (naive meaning UTC, as
+        Celery 5.3 wrote it), or a datetime a serializer (yaml) gave back."""
+        text = self.meta.get(field) if self.meta else None
         if not text:
             return None
         try:
@@ -97,6 +117,11 @@ class StoredResult:
     def size(self) -> int:
         return len(self.value or b"")
 
+    @property
+    def retried_as(self) -> str | None:
+        """The task id ``retry --mark`` re-sent this result as (claimed before sending)."""
+        return self.meta.get(RETRIED_AS) if self.meta else None
+
 
 @dataclass
 class ResultFilter:
@@ -110,6 +135,7 @@ class ResultFilter:
     no_session: bool = False
     kinds: frozenset[str] = frozenset({"task"})
     include_unreadable: bool = False
+    retried: bool | None = None  # marked by `retry --mark` (True), not marked (False), either
 
     def matches(self, result: StoredResult, now: float) -> bool:
         if result.kind not in self.kinds:
@@ -126,6 +152,8 @@ class ResultFilter:
         if self.older_than is not None and (when is None or when >= self.older_than):
             return False
         if self.newer_than is not None and (when is None or when <= self.newer_than):
+            return False
+        if self.retried is not None and (result.retried_as is not None) != self.retried:
             return False
         if self.expired and not (result.expires_at and result.expires_at <= now):
             return False
@@ -427,13 +455,15 @@ class ResultOperations:
     def stats(self) -> dict[str, Any]:
         """Counts by state and task, bytes, oldest/newest, results held by no session whose
         expiry has passed (only a cleanup removes them), results without expiry, sessions
-        holding results and sessions holding nothing (one listing, batched reads, one session
-        list)."""
+        holding results and sessions holding nothing, and per task name the finished results
+        and their runtimes (:mod:`consulresults.runtimes`) (one listing, batched reads, one
+        session list)."""
         by_state: Counter[str] = Counter()
         by_task: Counter[str] = Counter()
         held: Counter[str] = Counter()
         total = size = no_expiry = expired = 0
         done = []
+        runtimes = Runtimes()
         now = time.time()
         for result in self.iter_results(ALL_KINDS):
             if result.session:
@@ -449,6 +479,8 @@ class ResultOperations:
             expired += bool(not result.session and result.expires_at and result.expires_at <= now)
             if result.done_at:
                 done.append(result.done_at)
+            if result.state in READY_STATES:
+                runtimes.add(result.task_name or "(unknown)", result.runtime)
         listed = self.sessions(held)
         return {
             "results": total,
@@ -461,4 +493,5 @@ class ResultOperations:
             "expired_not_removed": expired,
             "oldest": min(done, default=None),
             "newest": max(done, default=None),
+            "runtimes": runtimes.summary(),
         }

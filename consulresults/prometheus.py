@@ -1,5 +1,10 @@
 """``stats -o prometheus``: the figures of ``consul-results stats`` in Prometheus' text format,
-for node_exporter's textfile collector (written from cron, then renamed into place)."""
+for node_exporter's textfile collector (written from cron, then renamed into place).
+
+Every figure is a gauge, runtimes included: each describes the results stored now, and those
+shrink as results expire or are purged. A counter (or a histogram, whose buckets are counters)
+would read as reset every time they do, and ``rate()`` over it would be nonsense.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ GAUGES = {
 }
 
 Sample = tuple[dict[str, str], float]
+# the runtime figures of ``stats``, as the quantile label of consul_results_runtime_seconds
+RUNTIME_QUANTILES = {"p50": "0.5", "p95": "0.95", "max": "1"}
 
 
 def exposition(stats: dict[str, Any], prefix: str, now: float | None = None) -> str:
@@ -27,12 +34,47 @@ def exposition(stats: dict[str, Any], prefix: str, now: float | None = None) -> 
     by_task = [({**base, "task": t}, n) for t, n in sorted(stats["by_task"].items())]
     lines = _family("results", "Stored task results, by state.", by_state)
     lines += _family("task_results", "Stored task results, by task name.", by_task)
+    lines += _runtimes(stats["runtimes"], base)
     for field, text in GAUGES.items():
         lines += _family(field, text, [(base, stats[field])])
+    if "orphaned" in stats:  # only with --orphaned, which asks the workers
+        text = "STARTED results whose worker is gone (stats --orphaned)."
+        lines += _family("orphaned_results", text, [(base, stats["orphaned"])])
     if stats["oldest"] is not None:
         age = max(0.0, (time.time() if now is None else now) - stats["oldest"])
         lines += _family("oldest_result_age_seconds", "Age of the oldest result.", [(base, age)])
     return "\n".join(lines) + "\n"
+
+
+def _runtimes(runtimes: dict[str, dict[str, Any]], base: dict[str, str]) -> list[str]:
+    """Finished results per task name, those without ``date_started`` (no runtime), and the
+    runtime quantiles of the others (none for a task none of whose results has one)."""
+    tasks = [({**base, "task": task}, figures) for task, figures in runtimes.items()]
+    quantiles = [
+        ({**labels, "quantile": quantile}, figures[field])
+        for labels, figures in tasks
+        for field, quantile in RUNTIME_QUANTILES.items()
+        if figures[field] is not None
+    ]
+    return [
+        *_family(
+            "finished_results",
+            "Stored results of finished tasks (SUCCESS, FAILURE, REVOKED), by task name.",
+            [(labels, figures["finished"]) for labels, figures in tasks],
+        ),
+        *_family(
+            "finished_without_start",
+            "Finished results stored without date_started (Celery's built-in backend, a lost "
+            "worker child, a revoke): no runtime, left out of the quantiles.",
+            [(labels, figures["without_start"]) for labels, figures in tasks],
+        ),
+        *_family(
+            "runtime_seconds",
+            "Runtime (date_done - date_started) of the finished results stored, by task name: "
+            "quantile 0.5, 0.95 and 1 (the maximum), nearest rank.",
+            quantiles,
+        ),
+    ]
 
 
 def _family(name: str, text: str, samples: list[Sample]) -> list[str]:

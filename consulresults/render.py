@@ -7,7 +7,7 @@ from __future__ import annotations
 import json as json  # `as`: re-exported, the commands use render.json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -17,9 +17,10 @@ if TYPE_CHECKING:
     from .operations import PurgeReport, StoredResult
 
 FORMATS = ("table", "json", "ndjson", "tsv", "ids")
-LS_COLUMNS = ("id", "state", "task", "date_done", "expires", "session", "bytes")
+LS_COLUMNS = ("id", "state", "task", "date_done", "expires", "session", "bytes", "retried_as")
 SESSION_COLUMNS = ("id", "name", "ttl", "behavior", "node", "checks", "held")
-DETAIL_FIELDS = ("name", "args", "kwargs", "worker", "retries", "queue")
+RUNTIME_COLUMNS = ("task", "finished", "p50", "p95", "max", "without_start")
+DETAIL_FIELDS = ("name", "args", "kwargs", "worker", "retries", "queue", "retried_as", "retried_at")
 
 
 def stdout_console() -> Console:
@@ -121,7 +122,14 @@ def result_row(result: StoredResult) -> dict[str, Any]:
         "expires": iso(result.expires_at),
         "session": result.session or None,
         "bytes": result.size,
+        "retried_as": result.retried_as,  # the mark of `retry --mark`
+        "runtime": seconds(result.runtime),  # json/ndjson only: the columns stay as they were
     }
+
+
+def seconds(value: float | None) -> float | None:
+    """A runtime in seconds to the millisecond (the clocks behind it are no finer), or None."""
+    return None if value is None else round(value, 3)
 
 
 def result_detail(result: StoredResult) -> dict[str, Any]:
@@ -132,6 +140,8 @@ def result_detail(result: StoredResult) -> dict[str, Any]:
         "state": result.state,
         "result": jsonable(meta.get("result")),
         "date_done": meta.get("date_done"),
+        "date_started": meta.get("date_started"),
+        "runtime": seconds(result.runtime),
         "children": jsonable(meta.get("children")),
         "traceback": meta.get("traceback"),
     }
@@ -158,10 +168,11 @@ def jsonable(value: object) -> object:
 
 def inspection(found: StoredResult, session: dict[str, Any] | None) -> dict[str, Any]:
     """What ``inspect`` shows: where a result lives in Consul and when it should go."""
-    row = {
+    row: dict[str, Any] = {
         "id": found.id,
         "key": found.key,
         "state": found.state,
+        "runtime": seconds(found.runtime),
         "create_index": found.create_index,
         "modify_index": found.modify_index,
         "lock_index": found.lock_index,
@@ -170,6 +181,8 @@ def inspection(found: StoredResult, session: dict[str, Any] | None) -> dict[str,
         "session": found.session or None,
         "bytes": found.size,
     }
+    if found.retried_as:
+        row["retried_as"] = found.retried_as
     if session:
         ttl = session.get("TTL") or ""
         row.update(
@@ -212,6 +225,20 @@ def stats_mapping(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "oldest": iso(data["oldest"]), "newest": iso(data["newest"])}
 
 
+def emit_stats(data: dict[str, Any], fmt: str) -> None:
+    """``stats`` as one mapping; on a terminal the runtimes, a nested mapping per task name,
+    get a table of their own, a row per task, where a cell of JSON would be unreadable."""
+    mapping = stats_mapping(data)
+    if fmt != "table":
+        emit_mapping(mapping, fmt)
+        return
+    runtimes = mapping.pop("runtimes")
+    emit_mapping(mapping, fmt)
+    if runtimes:
+        rows = [{"task": task, **figures} for task, figures in runtimes.items()]
+        emit(rows, RUNTIME_COLUMNS, fmt, title="runtimes of finished tasks (seconds)")
+
+
 def purge_summary(report: PurgeReport, as_json: bool, complete: bool = True) -> str:
     """What a deletion did, as one line (or JSON). A run that stopped early says so, and how
     many deletions were sent without an answer (``in_doubt``: each may or may not have
@@ -238,6 +265,15 @@ def purge_summary(report: PurgeReport, as_json: bool, complete: bool = True) -> 
         doubt = f", {report.in_flight} more sent without an answer" if report.in_flight else ""
         line += f"; stopped early{doubt}: run the same command again to finish"
     return line
+
+
+def retry_summary(sent: int, skipped: Mapping[str, int], left: int, dry_run: bool) -> str:
+    """What ``retry`` did, as one line: sent (or would send), skipped by reason, and how many
+    ``--limit`` left for the next run."""
+    why = ", ".join(f"{reason} {n}" for reason, n in sorted(skipped.items()))
+    line = f"{'would send' if dry_run else 'sent'} {sent}, skipped {sum(skipped.values())}"
+    line += f" ({why})" if why else ""
+    return line + (f", {left} more left by --limit" if left else "")
 
 
 # ---------------------------------------------------------------------- watch

@@ -146,10 +146,17 @@ def celery_worker(
     loglevel: str = "INFO",
     conf: dict | None = None,
     concurrency: int = 2,
+    pool: str = "prefork",
+    broker_dir: Path | None = None,
+    own_session: bool = False,
 ):
-    """A real ``celery worker`` (prefork, ``concurrency`` processes) for ``tests/e2e_app.py``,
+    """A real ``celery worker`` (``pool``: prefork, threads or solo; ``concurrency`` processes
+    or threads) for ``tests/e2e_app.py``,
     with a filesystem broker in ``workdir``; yields the client app (``.log``: the worker's log;
-    ``.workdir``; ``.mark_dir``; :func:`worker_idle` waits on them)."""
+    ``.workdir``; ``.mark_dir``; :func:`worker_idle` waits on them). ``broker_dir``: another
+    worker's broker, to share it (default: ``workdir/broker``; :func:`worker_idle` then sees
+    no queued messages); ``own_session``: the worker and
+    its pool in a process group of their own, ``.worker_pid`` its id, for ``os.killpg``."""
     from e2e_app import make_app
 
     here = Path(__file__).resolve().parent
@@ -158,7 +165,7 @@ def celery_worker(
     env = dict(
         os.environ,
         E2E_BACKEND_URL=url,
-        E2E_BROKER_DIR=str(workdir / "broker"),
+        E2E_BROKER_DIR=str(broker_dir or workdir / "broker"),
         E2E_MARK_DIR=str(mark_dir),
         PYTHONPATH=str(here) + os.pathsep + os.environ.get("PYTHONPATH", ""),
     )
@@ -180,7 +187,7 @@ def celery_worker(
                 "e2e_app",
                 "worker",
                 "--pool",
-                "prefork",
+                pool,
                 "--concurrency",
                 str(concurrency),
                 "--loglevel",
@@ -195,9 +202,11 @@ def celery_worker(
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=own_session,
         )
-    app = make_app(url, str(workdir / "broker"), token, conf)
+    app = make_app(url, env["E2E_BROKER_DIR"], token, conf)
     app.mark_dir, app.log, app.workdir = mark_dir, log, workdir
+    app.worker_pid = process.pid
     try:
         deadline = time.monotonic() + 60
         while "ready." not in log.read_text():

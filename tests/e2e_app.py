@@ -76,12 +76,36 @@ def register_tasks(app: Celery) -> None:
             raise self.retry(exc=RuntimeError(f"attempt {self.request.retries}"), countdown=0)
         return self.request.retries
 
+    @app.task(name="e2e.slow_flaky", shared=False, bind=True, max_retries=5)
+    def slow_flaky(self, seconds, failures):
+        """Sleeps ``seconds`` in every attempt and retries the first ``failures``: the last
+        attempt alone ran ``seconds``, all of them together ``(failures + 1) * seconds``."""
+        time.sleep(seconds)
+        if self.request.retries < failures:
+            raise self.retry(exc=RuntimeError(f"attempt {self.request.retries}"), countdown=0)
+        return self.request.retries
+
     @app.task(name="e2e.progress", shared=False, bind=True)
     def progress(self, steps):
         for step in range(steps):
             self.update_state(state="PROGRESS", meta={"step": step})
             time.sleep(0.05)
         return steps
+
+    @app.task(name="e2e.fail_once", shared=False)
+    def fail_once(name, value=None):
+        """Fails the first time it runs for ``name`` (leaving ``failed-NAME``), then returns
+        ``value``: what a retry of a failure that went away looks like."""
+        first = Path(os.environ["E2E_MARK_DIR"], f"failed-{name}")
+        if not first.exists():
+            first.write_text("")
+            raise RuntimeError(f"first run of {name}")
+        mark("ran", name)
+        return value
+
+    @app.task(name="e2e.late_fail", shared=False, acks_late=True)
+    def late_fail(message):
+        raise ValueError(message)
 
     @app.task(name="e2e.huge", shared=False)
     def huge(size):

@@ -84,7 +84,9 @@ def test_ls_filters_sort_limit_count_and_formats(cli, stored):
     assert cli("ls", "--count").stdout == "2\n"
     assert cli("ls", "--limit", "1", "-o", "ids").stdout == "bad-1\n"
     tsv = cli("ls", "-o", "tsv").stdout.splitlines()
-    assert tsv[0].split("\t") == ["id", "state", "task", "date_done", "expires", "session", "bytes"]
+    assert tsv[0].split("\t") == [
+        *("id", "state", "task", "date_done", "expires", "session", "bytes", "retried_as")
+    ]
     assert len(tsv) == 3
     none = cli("ls", "--state", "REVOKED", "-o", "json")
     assert (none.exit_code, json.loads(none.stdout)) == (0, [])

@@ -26,9 +26,12 @@ from .options import (
     ExpiredOption,
     IdsArgument,
     JsonOption,
+    MinAgeOption,
     NewerOption,
     NoSessionOption,
     OlderOption,
+    OrphanedOption,
+    PingTimeoutOption,
     StateOption,
     TaskOption,
     YesOption,
@@ -36,15 +39,17 @@ from .options import (
     consul_command,
     ids_from,
     open_guarded,
+    orphan_check,
+    orphans_among,
     selection,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     from rich.progress import Progress
 
-    from ..operations import PurgeReport
+    from ..operations import PurgeReport, StoredResult
 
 
 @consul_command
@@ -54,13 +59,24 @@ def rm(
     yes: YesOption = False,
     dry_run: DryRunOption = False,
     as_json: JsonOption = False,
+    orphaned: OrphanedOption = False,
+    min_age: MinAgeOption = "10m",
+    ping_timeout: PingTimeoutOption = 2.0,
 ) -> None:
     """Delete results by id, and each session that then holds nothing else (exit 3 if some
-    were not there). Named ids need no --all-prefixes at the root prefix."""
+    were not there). Named ids need no --all-prefixes at the root prefix. With --orphaned,
+    only those of them that are orphaned; a result that changed since it was read is left."""
+    check = orphan_check(conn, orphaned, min_age, ping_timeout)
     ops = conn.open()
     ids = ids_from(task_ids)
     found = [r for r in (ops.fetch(i) for i in ids) if r is not None]
     missing = len(ids) - len(found)
+    if check is not None:
+        orphans = orphans_among(check, ops, found)
+        if len(orphans) < len(found):
+            kept = len(found) - len(orphans)
+            typer.echo(f"consul-results: {kept} result(s) not orphaned: left alone", err=True)
+        found = orphans
     if found and not dry_run:
         confirm(f"delete {len(found)} result(s) under {ops.prefix or '(root)'}/", yes)
     typer.echo(render.purge_summary(ops.delete_results(found, dry_run=dry_run), as_json))
@@ -113,12 +129,19 @@ def purge(
     all_prefixes: AllPrefixesOption = False,
     as_json: JsonOption = False,
     detailed_exitcode: DetailedExitcodeOption = False,
+    orphaned: OrphanedOption = False,
+    min_age: MinAgeOption = "10m",
+    ping_timeout: PingTimeoutOption = 2.0,
 ) -> None:
     """Delete every result under the prefix that the filters match, in /v1/txn batches with
     delete-cas: a result rewritten meanwhile is skipped, never deleted. Stopped early (Ctrl-C,
-    SIGTERM, Consul gone), it says what it did; run it again to finish."""
+    SIGTERM, Consul gone), it says what it did; run it again to finish. With --orphaned, the
+    workers are asked first: if none answers, nothing is deleted (exit 4)."""
     chosen = selection(state, task, older_than, newer_than, expired, no_session, include_unreadable)
+    check = orphan_check(conn, orphaned, min_age, ping_timeout)
     ops = open_guarded(conn, all_prefixes)
+    # the workers are asked before the question: a refusal comes first
+    orphans = None if check is None else orphans_among(check, ops, ops.matching(chosen))
     if not dry_run:
         confirm(f"purge matching results under {ops.prefix or '(root)'}/", yes)
     from ..operations import PurgeReport
@@ -133,7 +156,8 @@ def purge(
                 if stop.signal:
                     raise _Stopped(stop.signal)
 
-            ops.purge(chosen, dry_run, max_delete, on_batch, report)
+            picked: Iterable[StoredResult] = ops.matching(chosen) if orphans is None else orphans
+            ops.delete_results(picked, dry_run, max_delete, on_batch, report)
     except _Stopped as stopped:
         typer.echo(render.purge_summary(report, as_json, complete=False))
         name = signal.Signals(stopped.signum).name

@@ -14,6 +14,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
+EXIT_CANNOT_TELL = 4  # --orphaned: no worker answered, so orphans cannot be told apart
 EXIT_UNAVAILABLE = 69
 EXIT_TIMEOUT = 75
 EXIT_PERMISSION = 77
@@ -49,10 +50,15 @@ def describe_error(exc: BaseException, where: str) -> tuple[str, int] | None:
         ConsulUnreachable,
         PermissionDenied,
     )
+    from ..orphans import BrokerUnavailable, CannotTell
     from ..settings import SettingsError
 
     if isinstance(exc, SettingsError) or _improperly_configured(exc):
         return str(exc), EXIT_USAGE
+    if isinstance(exc, CannotTell):
+        return str(exc), EXIT_CANNOT_TELL
+    if isinstance(exc, BrokerUnavailable):
+        return str(exc), EXIT_UNAVAILABLE
     if isinstance(exc, ConsulTLSError):
         return (
             f"TLS failed talking to Consul at {where}: {exc.reason} (check --ca-file, "

@@ -26,7 +26,10 @@ from ..settings import OPTIONS
 from .errors import EXIT_USAGE, consul_errors, fail
 
 if TYPE_CHECKING:
-    from ..operations import ResultFilter, ResultOperations
+    from collections.abc import Iterable
+
+    from ..operations import ResultFilter, ResultOperations, StoredResult
+    from ..orphans import OrphanCheck
 
 ENV_APP = "CELERY_APP"
 ENV_BACKEND_URL = "CONSUL_RESULTS_BACKEND_URL"
@@ -55,7 +58,7 @@ class Connection:
         overrides = dict(self.overrides)
         if self.stale or self.consistent:
             overrides["consistency"] = "stale" if self.stale else "consistent"
-        return open_operations(self._url(), overrides, self._celery_app())
+        return open_operations(self._url(), overrides, self.celery_app())
 
     def _url(self) -> str | None:
         """``--backend-url``, else ``CONSUL_RESULTS_BACKEND_URL`` unless ``-A`` was given: a
@@ -65,7 +68,8 @@ class Connection:
             return self.backend_url
         return os.environ.get(ENV_BACKEND_URL) or None
 
-    def _celery_app(self) -> Any:
+    def celery_app(self) -> Any:
+        """The Celery app named by ``-A`` or ``CELERY_APP``; None when neither is given."""
         name = self.app or os.environ.get(ENV_APP)
         if not name:
             return None
@@ -209,6 +213,38 @@ AllPrefixesOption = Annotated[
     typer.Option("--all-prefixes", help="Allow an empty prefix, i.e. every key in this Consul."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
+RetriedOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--retried/--not-retried",
+        help="Only results marked by retry --mark as re-sent, or only those not marked.",
+    ),
+]
+OrphanedOption = Annotated[
+    bool,
+    typer.Option(
+        "--orphaned",
+        help="Only STARTED results whose worker is gone: no worker answering on the app's "
+        "broker holds the task (needs -A; exit 4 if no worker answers at all).",
+    ),
+]
+MinAgeOption = Annotated[
+    str,
+    typer.Option(
+        "--min-age",
+        metavar="AGE",
+        help="With --orphaned: only tasks started at least this long ago (10m, 1h, 30s...).",
+    ),
+]
+PingTimeoutOption = Annotated[
+    float,
+    typer.Option(
+        "--ping-timeout",
+        metavar="SECONDS",
+        min=0.1,
+        help="With --orphaned: how long to wait for the workers' answers.",
+    ),
+]
 
 
 def check_format(fmt: str | None) -> str:
@@ -242,9 +278,10 @@ def selection(
     expired: bool,
     no_session: bool,
     include_unreadable: bool,
+    retried: bool | None = None,
 ) -> ResultFilter:
-    """The filter ``ls`` and ``purge`` share (``ls`` shows unreadable keys, ``purge`` keeps
-    them unless told otherwise)."""
+    """The filter ``ls``, ``purge`` and ``retry`` share (``ls`` shows unreadable keys,
+    ``purge`` keeps them unless told otherwise)."""
     from ..operations import ResultFilter
 
     return ResultFilter(
@@ -255,6 +292,7 @@ def selection(
         expired=expired,
         no_session=no_session,
         include_unreadable=include_unreadable,
+        retried=retried,
     )
 
 
@@ -278,6 +316,41 @@ def parse_when(text: str, option: str) -> float:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     return parsed.timestamp()
+
+
+def orphan_check(
+    conn: Connection, orphaned: bool, min_age: str, ping_timeout: float
+) -> OrphanCheck | None:
+    """How ``--orphaned`` asks the workers (None without it): only with an app, whose broker
+    reaches them."""
+    if not orphaned:
+        return None
+    from ..orphans import OrphanCheck
+
+    started_before = parse_when(min_age, "--min-age")
+    app = conn.celery_app()
+    if app is None:
+        raise fail(
+            "--orphaned asks the workers over the Celery app's broker: give -A MODULE "
+            f"(or set {ENV_APP})",
+            EXIT_USAGE,
+        )
+    return OrphanCheck(app, started_before, ping_timeout)
+
+
+def orphans_among(
+    check: OrphanCheck, ops: ResultOperations, results: Iterable[StoredResult]
+) -> list[StoredResult]:
+    """The orphaned results among ``results``; the STARTED ones that could not be judged are
+    said on stderr (they are kept, never guessed to be orphans)."""
+    judgement = check.judge(ops, results)
+    for why, undecided in judgement.undecided.items():
+        typer.echo(
+            f"consul-results: {len(undecided)} STARTED result(s) not judged, {why}: "
+            f"{', '.join(r.id for r in undecided[:3])}{', ...' if len(undecided) > 3 else ''}",
+            err=True,
+        )
+    return judgement.orphaned
 
 
 def open_guarded(conn: Connection, all_prefixes: bool) -> ResultOperations:

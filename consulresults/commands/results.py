@@ -15,22 +15,28 @@ from .options import (
     DetailedExitcodeOption,
     ExpiredOption,
     IdsArgument,
+    MinAgeOption,
     NewerOption,
     NoSessionOption,
     OlderOption,
+    OrphanedOption,
     OutputOption,
+    PingTimeoutOption,
+    RetriedOption,
     StateOption,
     TaskOption,
     check_format,
     consul_command,
     ids_from,
     open_guarded,
+    orphan_check,
+    orphans_among,
     output_option,
     selection,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     from ..operations import ResultOperations, StoredResult
 
@@ -140,6 +146,10 @@ def ls(
     newer_than: NewerOption = None,
     expired: ExpiredOption = False,
     no_session: NoSessionOption = False,
+    retried: RetriedOption = None,
+    orphaned: OrphanedOption = False,
+    min_age: MinAgeOption = "10m",
+    ping_timeout: PingTimeoutOption = 2.0,
     sort: Annotated[
         str, typer.Option("--sort", metavar="KEY", help="key, date, state, task or size.")
     ] = "key",
@@ -156,15 +166,19 @@ def ls(
     fmt = check_format(output)
     if sort not in SORT_KEYS:
         raise fail(f"--sort: {sort!r} is not one of {', '.join(SORT_KEYS)}", EXIT_USAGE)
-    chosen = selection(state, task, older_than, newer_than, expired, no_session, True)
+    chosen = selection(state, task, older_than, newer_than, expired, no_session, True, retried)
+    check = orphan_check(conn, orphaned, min_age, ping_timeout)
     ops = open_guarded(conn, all_prefixes)
+    picked: Iterable[StoredResult] = ops.matching(chosen)
+    if check is not None:
+        picked = orphans_among(check, ops, picked)
     if count:
-        matched = sum(1 for _ in ops.matching(chosen))
+        matched = sum(1 for _ in picked)
         typer.echo(matched)
     else:
         # keep only the small printed rows, not the stored values: memory stays bounded
         order = _sort_key(sort)
-        keyed = sorted((order(r), render.result_row(r)) for r in ops.matching(chosen))
+        keyed = sorted((order(r), render.result_row(r)) for r in picked)
         matched = len(keyed)
         render.emit([row for _, row in keyed[:limit]], render.LS_COLUMNS, fmt)
     raise typer.Exit(EXIT_NOT_FOUND if detailed_exitcode and not matched else EXIT_OK)
@@ -185,22 +199,38 @@ def _sort_key(name: str) -> Callable[[StoredResult], tuple[Any, ...]]:
 def stats(
     conn: Connection,
     all_prefixes: AllPrefixesOption = False,
+    orphaned: Annotated[
+        bool,
+        typer.Option(
+            "--orphaned",
+            help="Also count the orphaned STARTED results (see ls --orphaned; needs -A).",
+        ),
+    ] = False,
+    min_age: MinAgeOption = "10m",
+    ping_timeout: PingTimeoutOption = 2.0,
     output: output_option(  # type: ignore[valid-type]  # a call: Typer evaluates it
         "table (default on a terminal), json, ndjson, tsv (default when piped), or "
         "prometheus (text format, for node_exporter's textfile collector)."
     ) = None,
 ) -> None:
     """Counts by state and task, bytes, oldest and newest, expired results still stored,
-    sessions holding results or nothing, results without expiry (at the root prefix only
-    with --all-prefixes)."""
+    sessions holding results or nothing, results without expiry, and per task name the
+    finished results with their runtime p50, p95 and max in seconds (date_done minus the
+    date_started the worker stored; results without it, such as Celery's built-in backend
+    writes, are counted as without_start) (at the root prefix only with --all-prefixes)."""
     fmt = "prometheus" if output == "prometheus" else check_format(output)
+    check = orphan_check(conn, orphaned, min_age, ping_timeout)
     ops = open_guarded(conn, all_prefixes)
+    data = ops.stats()
+    if check is not None:  # a second read of the STARTED ones: the broadcast needs their ids
+        started = selection(["STARTED"], None, None, None, False, False, False)
+        data["orphaned"] = len(orphans_among(check, ops, ops.matching(started)))
     if fmt == "prometheus":
         from ..prometheus import exposition
 
-        sys.stdout.write(exposition(ops.stats(), ops.prefix))
+        sys.stdout.write(exposition(data, ops.prefix))
         return
-    render.emit_mapping(render.stats_mapping(ops.stats()), fmt)
+    render.emit_stats(data, fmt)
 
 
 @consul_command
