@@ -44,11 +44,12 @@ from .settings import ConsulSettings, SettingsError
 
 MAX_AGE = 5.0  # a busy process gives its slot back this often: the agent's limit is shared
 PRESSURE_COOLDOWN = 10.0
-PRESSED_LEASE = 0.25  # under back-pressure, a connection serves requests for this long
+PRESSED_LEASE = 0.5  # under back-pressure, a connection serves requests for this long
 PUSHBACK_TEXT = "Your IP is issuing too many concurrent connections"
-# full jitter after a 429: the first retry within 40 ms, none over 250 ms apart (the agent's
-# refusal is cheap, and a longer wait loses the slots that come free to processes that waited less)
-PUSHBACK_BACKOFF = (0.02, 0.25)
+# after a 429, the next try within this (uniformly), and within the second once the request has
+# waited PUSHBACK_HURRY seconds: see pushback_delay
+PUSHBACK_WAIT = (0.25, 0.1)
+PUSHBACK_HURRY = 0.4
 USER_AGENT = f"consul-results/{__version__}"
 _CONSISTENT_READS = ("/v1/kv/", "/v1/session/info/", "/v1/session/list")
 _E = TypeVar("_E", bound=BaseException)
@@ -352,7 +353,7 @@ class _Pool:
         process's turn: this one waits as long as a refused process would."""
         self._close(connection)
         if connection.answered and self.pressed():
-            self._turn_at = time.monotonic() + random.uniform(0, PUSHBACK_BACKOFF[1])
+            self._turn_at = time.monotonic() + pushback_delay(0.0)
 
     def pushed_back(self) -> None:
         """The agent refused a connection: use fewer for a while, and give idle ones back."""
@@ -434,10 +435,15 @@ def pool_for(settings: ConsulSettings) -> _Pool:
         return pool
 
 
-def pushback_delay(tries: int) -> float:
-    """How long to wait before trying again after the agent refused ``tries`` connections."""
-    low, cap = PUSHBACK_BACKOFF
-    return random.uniform(0, min(cap, low * 2**tries))
+def pushback_delay(waited: float) -> float:
+    """How long to wait before trying again after the agent refused a connection, ``waited``
+    seconds into the request. The agent's slots go to whichever process asks first when one
+    comes free, so this is a lottery among the waiting processes: a flat random wait (no
+    exponential growth, which would make the unlucky ones ask ever less often) under 250 ms,
+    and under 100 ms once a request has waited 400 ms, so those that waited longest win
+    more often and the slowest waits stay short. A refusal costs the agent little."""
+    usual, hurried = PUSHBACK_WAIT
+    return random.uniform(0, hurried if waited >= PUSHBACK_HURRY else usual)
 
 
 class BackPressure(Exception):
@@ -591,14 +597,13 @@ class Transport:
             long,
             interrupt,
         )
-        give_up = time.monotonic() + clamp(self.backpressure_patience)
-        tries = 0
+        began = time.monotonic()
+        give_up = began + clamp(self.backpressure_patience)
         while True:
             try:
                 return self._send_once(request)
             except BackPressure as exc:
-                tries += 1
-                delay = pushback_delay(tries)
+                delay = pushback_delay(time.monotonic() - began)
                 if time.monotonic() + delay >= give_up:
                     time.sleep(max(0.0, give_up - time.monotonic()))  # give up when due
                     raise compatible(ConsulError)(

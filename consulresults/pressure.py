@@ -33,10 +33,16 @@ class HostPressure:
         self.path = os.path.join(tempfile.gettempdir(), f"consulresults-{uid}-{agent}.pressure")
         self.lasts = lasts
         self._checked_at = 0.0
+        self._told_at = 0.0
         self._until = 0.0  # monotonic
 
     def refused(self) -> None:
-        """This process was refused: let the others know (best effort; a failure is ignored)."""
+        """This process was refused: let the others know (best effort; a failure is ignored),
+        at most every ``CHECK_EVERY`` seconds, as often as they look."""
+        now = time.monotonic()
+        if now < self._told_at:
+            return
+        self._told_at = now + CHECK_EVERY
         with contextlib.suppress(OSError):
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
             os.utime(self.path)

@@ -225,3 +225,15 @@ def test_https_to_a_plain_http_agent_is_no_back_pressure(consul_dev_server_facto
     with pytest.raises(requests.exceptions.SSLError):
         transport.request("GET", "/v1/status/leader")
     assert time.monotonic() - started < 30
+
+
+def test_those_refused_longest_ask_most_often():
+    """A refused request tries again within 250 ms, and within 100 ms once it has waited 400 ms:
+    no exponential growth that would make the unlucky ask ever less often."""
+    from consulresults.connection import pushback_delay
+
+    early = [pushback_delay(0.0) for _ in range(2000)]
+    late = [pushback_delay(0.4) for _ in range(2000)]
+    assert 0 <= min(early) and max(early) <= 0.25 and max(early) > 0.1
+    assert 0 <= min(late) and max(late) <= 0.1
+    assert max(pushback_delay(25.0) for _ in range(2000)) <= 0.1
