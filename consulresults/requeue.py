@@ -215,8 +215,9 @@ def plan(results: Iterable[StoredResult], rules: Rules, app: App, limit: int | N
 
 
 def oldest_first(results: Iterable[StoredResult]) -> list[StoredResult]:
-    """A selection's results by when they were done, so ``--limit`` takes the oldest."""
-    return sorted(results, key=lambda r: (r.done_at or 0.0, r.key))
+    """A selection's results by when they were done (orphaned STARTED ones, never done, by
+    when they began), so ``--limit`` takes the oldest."""
+    return sorted(results, key=lambda r: (r.done_at or r.started_at or 0.0, r.key))
 
 
 def reasons(skipped: Iterable[Skip]) -> Counter[str]:

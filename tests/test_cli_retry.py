@@ -113,6 +113,7 @@ def meta(app, task_id: str) -> dict:
 # ---------------------------------------------------------------------- on a real worker
 
 
+@pytest.mark.e2e  # a real worker: the full suite's, not the matrix's
 def test_a_failed_task_is_re_sent_and_succeeds_under_its_new_id(worker):
     old = failed(worker, "e2e.fail_once", "first", 42)
     result = retry(worker, old, "--yes", "-o", "json")
@@ -130,6 +131,7 @@ def test_a_failed_task_is_re_sent_and_succeeds_under_its_new_id(worker):
     assert "retried_as" not in meta(worker, old)  # no --mark: no mark
 
 
+@pytest.mark.e2e  # a real worker: the full suite's, not the matrix's
 def test_mark_claims_the_result_so_a_second_run_sends_nothing(worker, cli, api):
     old = failed(worker)
     key = worker.backend.operations().fetch(old).key
@@ -164,6 +166,7 @@ def test_mark_claims_the_result_so_a_second_run_sends_nothing(worker, cli, api):
     assert len(list(worker.mark_dir.glob("ran-*"))) == 1  # the one retry, never a second
 
 
+@pytest.mark.e2e  # a real worker: the full suite's, not the matrix's
 def test_concurrent_marked_runs_send_each_result_once(worker):
     olds = {failed(worker) for _ in range(3)}
     args = ("--state", "FAILURE", "--mark", "--yes", "-o", "json", "-A", "e2e_app")
@@ -189,6 +192,7 @@ def test_concurrent_marked_runs_send_each_result_once(worker):
     assert len(list(worker.mark_dir.glob("ran-*"))) == 3
 
 
+@pytest.mark.e2e  # a real worker: the full suite's, not the matrix's
 def test_a_claim_on_a_result_changed_since_read_is_skipped(worker):
     """Two runs that read the result at once: the second claim's compare-and-swap fails."""
     from consulresults.celery_requeue import AppRequeue
@@ -206,6 +210,7 @@ def test_a_claim_on_a_result_changed_since_read_is_skipped(worker):
     assert len(list(worker.mark_dir.glob("ran-*"))) == 1
 
 
+@pytest.mark.e2e  # a real worker: the full suite's, not the matrix's
 def test_ids_piped_on_standard_input(worker):
     olds = [failed(worker) for _ in range(2)]
     result = retry(worker, "-", "--yes", "-o", "tsv", input="".join(f"{i}\n" for i in olds))
@@ -276,6 +281,21 @@ def test_revoked_only_when_asked_and_limit_takes_the_oldest(client):
     assert "skipped revoked: state REVOKED, not FAILURE (--force with its id)" in by_id.stderr
 
 
+def test_limit_takes_the_oldest_started_results_by_when_they_began(client):
+    """Orphaned STARTED results have no date_done: ``--orphaned --limit`` orders them by their
+    date_started, not by key."""
+    from consulresults.requeue import oldest_first
+
+    for task_id in ("b-began-first", "a-began-later"):
+        request = Context(id=task_id, task="e2e.fail", args=["x"], kwargs={}, retries=0)
+        started = {"pid": 1, "hostname": "gone@nowhere"}  # date_started: the STARTED write
+        client.backend.store_result(task_id, started, states.STARTED, request=request)
+    ops = client.backend.operations()
+    found = [ops.fetch("a-began-later"), ops.fetch("b-began-first")]
+    assert all(r.started_at is not None and r.done_at is None for r in found)
+    assert [r.id for r in oldest_first(found)] == ["b-began-first", "a-began-later"]
+
+
 # ---------------------------------------------------------------------- refusals
 
 
@@ -283,6 +303,8 @@ def test_revoked_only_when_asked_and_limit_takes_the_oldest(client):
     ("args", "code", "message"),
     [
         (("plain",), 2, "not on a terminal: refusing to re-send 1 task(s)"),
+        (("--state", "FAILURE"), 2, "not on a terminal: refusing to re-send 1 task(s)"),
+        (("--state", "FAILURE", "--prefix", "", "--yes"), 2, "refusing to work on an empty"),
         (("--state", "FAILURE", "--max", "0", "--yes"), 2, "1 results would be re-sent, over"),
         (("--state", "SUCCESS", "--yes"), 2, "--state: retry re-sends FAILURE or REVOKED"),
         (("--state", "FAILURE", "--force", "--yes"), 2, "--force applies only to results named"),
@@ -292,7 +314,10 @@ def test_revoked_only_when_asked_and_limit_takes_the_oldest(client):
     ],
 )
 def test_refusals_are_one_line_and_send_nothing(client, args, code, message):
+    """One line each, even when a selection also holds results that would be skipped (their
+    lines come only once nothing refuses)."""
     store(client, "plain")
+    store(client, "unknown", task="evil.rm_rf")
     result = retry(client, *args)
     assert result.returncode == code, result.stderr
     assert result.stderr.count("\n") == 1, result.stderr

@@ -156,6 +156,7 @@ def test_with_no_worker_answering_it_cannot_tell_and_deletes_nothing(
         "stats": ["stats", "--orphaned"],
         "rm": ["rm", task_id, "--orphaned", "--yes"],
         "purge": ["purge", "--orphaned", "--yes"],
+        "retry": ["retry", "--orphaned", "--yes"],
     }
     for name, args in commands.items():
         done = orphans(env, *args, "--min-age", "0s")
@@ -163,7 +164,11 @@ def test_with_no_worker_answering_it_cannot_tell_and_deletes_nothing(
         assert done.stdout == "", name
         lines = done.stderr.splitlines()
         assert len(lines) == 1 and "no worker answered on the broker within 1 s" in lines[0]
-        assert results_app.backend.operations().fetch(task_id) is not None, name
+        kept = results_app.backend.operations().fetch(task_id)
+        assert kept is not None, name
+        assert "retried_as" not in kept.meta, name  # not claimed
+    queued = (tmp_path / "silent-broker").rglob("*")
+    assert [p.name for p in queued if p.name.partition(".")[2].startswith("celery.msg")] == []
 
 
 def test_a_started_result_naming_no_worker_is_not_judged(

@@ -15,7 +15,7 @@ import typer
 from .. import render
 from .errors import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, fail
 from .options import (
-    ENV_APP,
+    AllPrefixesOption,
     Connection,
     MinAgeOption,
     NewerOption,
@@ -28,6 +28,7 @@ from .options import (
     confirm,
     consul_command,
     ids_from,
+    open_guarded,
     orphan_check,
     orphans_among,
     output_option,
@@ -106,6 +107,7 @@ def retry(
     ] = False,
     min_age: MinAgeOption = "10m",
     ping_timeout: PingTimeoutOption = 2.0,
+    all_prefixes: AllPrefixesOption = False,
     yes: YesOption = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what would be re-sent; send and mark nothing.")
@@ -121,7 +123,8 @@ def retry(
     (unless --again), and, unless named by id with --force: results not FAILURE (or REVOKED
     with --state REVOKED), acks_late tasks (the broker may redeliver them) and members of
     chains, groups and chords (their callbacks are not stored: a member would run alone).
-    Exit 69 if the broker fails, 3 if a named id has no result."""
+    A selection at the root prefix needs --all-prefixes, as for ls and purge. Exit 69 if the
+    broker fails, 3 if a named id has no result, 4 if --orphaned finds no worker answering."""
     fmt = check_format(output)
     ids = ids_from(task_ids) if task_ids else None
     rules = _rules(ids is not None, state, force, again, orphaned)
@@ -132,26 +135,20 @@ def retry(
             EXIT_USAGE,
         )
     mark = mark or orphaned  # the claim's compare-and-swap is on the index read before asking
-    app = conn.celery_app()
-    if app is None:
-        raise fail(
-            f"retry sends tasks through the Celery app's broker: give -A MODULE (or set {ENV_APP})",
-            EXIT_USAGE,
-        )
+    app = conn.require_app("retry sends tasks through the Celery app's broker")
     from ..celery_requeue import AppRequeue
     from ..requeue import Sent, oldest_first, plan, plan_ids
 
     check = orphan_check(conn, orphaned, min_age, ping_timeout)
-    ops = conn.open()
     target = AppRequeue(app)
-    if ids is not None:
+    if ids is not None:  # named ids need no --all-prefixes, as for rm
+        ops = conn.open()
         chosen = plan_ids(ops, ids, rules, target)
     else:
-        wanted = selection(sorted(rules.states), task, older_than, newer_than, False, False, True)
+        ops = open_guarded(conn, all_prefixes)
+        wanted = selection(sorted(rules.states), task, older_than, newer_than, False, False, False)
         chosen = plan(oldest_first(_selected(ops, wanted, check)), rules, target, limit)
     skipped = list(chosen.skipped)
-    for skip in skipped:
-        _say(skip)
     count = len(chosen.send)
     if max_sent is not None and count > max_sent:
         raise fail(
@@ -165,6 +162,8 @@ def retry(
     elif count:
         claiming = ", claiming each first" if mark else ""
         confirm(f"re-send {count} task(s) through the broker of app {app.main!r}{claiming}", yes)
+    for skip in skipped:  # after the refusals, so that a refusal is its one line
+        _say(skip)
     try:
         if not dry_run:
             _send(ops, chosen, target, mark, sent, skipped)

@@ -80,6 +80,14 @@ class Connection:
         except Exception as exc:  # import errors of the user's module, with their reason
             raise fail(f"cannot load the Celery app {name!r}: {exc}", EXIT_USAGE) from None
 
+    def require_app(self, needed_for: str) -> Any:
+        """The Celery app, for what only it can do (``needed_for`` says what: its broker, its
+        tasks); without ``-A`` or ``CELERY_APP``, one usage line naming both, exit 2."""
+        app = self.celery_app()
+        if app is None:
+            raise fail(f"{needed_for}: give -A MODULE (or set {ENV_APP})", EXIT_USAGE)
+        return app
+
 
 def _flag(*names: str, metavar: str | None = None, help: str, envvar: str | None = None) -> Any:
     return typer.Option(*names, metavar=metavar, envvar=envvar, help=help)
@@ -328,13 +336,7 @@ def orphan_check(
     from ..orphans import OrphanCheck
 
     started_before = parse_when(min_age, "--min-age")
-    app = conn.celery_app()
-    if app is None:
-        raise fail(
-            "--orphaned asks the workers over the Celery app's broker: give -A MODULE "
-            f"(or set {ENV_APP})",
-            EXIT_USAGE,
-        )
+    app = conn.require_app("--orphaned asks the workers over the Celery app's broker")
     return OrphanCheck(app, started_before, ping_timeout)
 
 

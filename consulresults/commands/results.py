@@ -203,7 +203,8 @@ def stats(
         bool,
         typer.Option(
             "--orphaned",
-            help="Also count the orphaned STARTED results (see ls --orphaned; needs -A).",
+            help="Also count the orphaned STARTED results (see ls --orphaned; needs -A; exit 4 "
+            "if no worker answers at all).",
         ),
     ] = False,
     min_age: MinAgeOption = "10m",
