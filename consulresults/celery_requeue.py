@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Any, cast
 
 from celery import Celery
-from kombu.exceptions import OperationalError
+from kombu.exceptions import EncodeError, OperationalError
 from kombu.serialization import dumps, loads
 from kombu.utils.encoding import str_to_bytes
 
 from .orphans import BrokerUnavailable
-from .requeue import Call
+from .requeue import Call, CannotSend
 
 
 class AppRequeue:
@@ -38,6 +38,8 @@ class AppRequeue:
             self.app.send_task(
                 call.name, call.args, call.kwargs, task_id=task_id, **self._route(call.queue)
             )
+        except EncodeError as exc:
+            raise CannotSend(f"its arguments cannot be sent: {exc}") from None
         except (OperationalError, OSError) as exc:
             url = self.app.connection_for_write().as_uri()  # without its password
             raise BrokerUnavailable(f"the broker at {url} failed: {exc}") from None

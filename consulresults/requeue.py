@@ -63,11 +63,17 @@ class App(Protocol):
         """The task acknowledges its message only once it has run."""
 
     def send(self, call: Call, task_id: str) -> None:
-        """Send the call under ``task_id``; :class:`BrokerUnavailable` if the broker fails."""
+        """Send the call under ``task_id``; :class:`BrokerUnavailable` if the broker fails,
+        :class:`CannotSend` if this call cannot be sent (its arguments do not serialize)."""
 
     def remark(self, payload: bytes, fields: dict[str, str]) -> bytes:
         """``payload`` (a serialized meta, uncompressed) with ``fields`` added, serialized
         as it was."""
+
+
+class CannotSend(Exception):
+    """This call cannot be sent, whatever the broker does (e.g. arguments stored with pickle,
+    tasks sent as json): the result is skipped, the others still go."""
 
 
 @dataclass(frozen=True)
@@ -124,8 +130,6 @@ def call_of(result: StoredResult) -> Call | None:
 def canvas_membership(result: StoredResult) -> str | None:
     """Why the result belongs to a chain, group or chord, or None."""
     meta = result.meta or {}
-    if result.task_name in CANVAS_TASKS:
-        return f"{result.task_name} is a Celery canvas task"
     if meta.get("group_id"):
         return f"a member of group or chord {meta['group_id']}"
     if meta.get("parent_id"):
@@ -134,8 +138,8 @@ def canvas_membership(result: StoredResult) -> str | None:
 
 
 def skip_reason(result: StoredResult, rules: Rules, app: App) -> Skip | None:
-    """Why ``result`` must not be re-sent, or None. No stored call, an unregistered name and a
-    mark are never overridden by ``--force``."""
+    """Why ``result`` must not be re-sent, or None. No stored call, an unregistered name,
+    Celery's own canvas tasks and a mark are never overridden by ``--force``."""
     if result.meta is None:
         return Skip(result.id, "unreadable", f"cannot read it: {result.error}")
     call = call_of(result)
@@ -150,6 +154,13 @@ def skip_reason(result: StoredResult, rules: Rules, app: App) -> Skip | None:
             result.id,
             "not registered",
             f"task {call.name!r} is not registered by the app (only its own tasks are sent)",
+        )
+    if call.name in CANVAS_TASKS:
+        return Skip(
+            result.id,
+            "canvas",
+            f"{call.name} is Celery's own canvas task: what it runs is not stored, so it is "
+            "never re-sent",
         )
     if result.retried_as and not rules.again:
         at = (result.meta or {}).get(RETRIED_AT)
@@ -234,7 +245,8 @@ def run(
 ) -> None:
     """Re-send each planned result under a new id. With ``mark``, each is first claimed (see
     :func:`claim`) and sent only if the claim held. A broker failure stops the run
-    (:class:`BrokerUnavailable`) after undoing the claim of the call it could not send."""
+    (:class:`BrokerUnavailable`) after undoing the claim of the call it could not send; a call
+    that cannot be sent (:class:`CannotSend`) has its claim undone and is skipped."""
     for result in chosen.send:
         call = call_of(result)
         assert call is not None  # planned: it has one
@@ -251,6 +263,11 @@ def run(
                 continue
         try:
             app.send(call, new_id)
+        except CannotSend as exc:
+            kept = claimed is not None and not unclaim(ops, result, claimed)
+            stays = f"; its mark stays (retry --again {result.id} sends it)" if kept else ""
+            on_skip(Skip(result.id, "cannot send", f"{exc}{stays}"))
+            continue
         except BrokerUnavailable as exc:
             if claimed is not None and not unclaim(ops, result, claimed):
                 raise BrokerUnavailable(

@@ -95,6 +95,18 @@ def test_ls_filters_sort_limit_count_and_formats(cli, stored):
     assert cli("ls", "--newer-than", "1h", "--count").stdout == "2\n"
 
 
+def test_age_filters_take_a_running_tasks_start(cli, make_app):
+    """A STARTED result has no date_done: --older-than/--newer-than go by when it started."""
+    from celery.app.task import Context
+
+    backend = make_app(result_extended=True).backend
+    request = Context(id="run-1", task="e2e.sleep", args=[], kwargs={})
+    request.consulresults_date_started = "2020-01-01T00:00:00+00:00"  # as task_prerun keeps it
+    backend.store_result("run-1", None, states.STARTED, request=request)
+    assert cli("ls", "--older-than", "1d", "-o", "ids").stdout == "run-1\n"
+    assert cli("ls", "--newer-than", "1d", "--count").stdout == "0\n"
+
+
 @pytest.mark.parametrize(
     "args,message",
     [

@@ -350,3 +350,47 @@ def test_a_broker_failure_is_exit_69_and_the_claim_is_undone(client):
     assert summary == "consul-results: sent 0, skipped 0"
     assert json.loads(result.stdout) == []
     assert "retried_as" not in meta(client, "plain")  # the claim was put back
+
+
+def test_a_call_that_cannot_be_sent_is_skipped_and_its_claim_undone(client, make_app):
+    """Arguments stored with pickle that json (the app's task serializer) cannot carry: that
+    result is skipped with its reason, its claim put back; the others still go."""
+    conf = {"result_serializer": "pickle", "result_accept_content": ["pickle", "json"]}
+    pickled = make_app(result_extended=True, **conf)
+    context = Context(task="e2e.fail", args=[{1, 2}], kwargs={}, retries=0)
+    pickled.backend.store_result("odd", ValueError("boom"), states.FAILURE, request=context)
+    context = Context(task="e2e.fail", args=["x"], kwargs={}, retries=0)
+    pickled.backend.store_result("plain", ValueError("boom"), states.FAILURE, request=context)
+    env = env_for(client)
+    env["E2E_CONF"] = json.dumps(conf)
+    result = run_cli(
+        "retry", "odd", "plain", "--mark", "--yes", "-A", "e2e_app", env=env, cwd=TESTS
+    )
+    assert result.returncode == 0, result.stderr
+    skipped, summary = result.stderr.splitlines()
+    assert skipped.startswith("consul-results: skipped odd: its arguments cannot be sent: ")
+    assert summary == "consul-results: sent 1, skipped 1 (cannot send 1)"
+    assert "retried_as" not in pickled.backend.operations().fetch("odd").meta
+    assert "retried_as" in pickled.backend.operations().fetch("plain").meta
+    assert len(_queued(client.workdir)) == 1
+
+
+def test_celerys_own_canvas_tasks_are_never_re_sent(client):
+    store(client, "unlock", task="celery.chord_unlock")
+    result = retry(client, "unlock", "--force", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert "skipped unlock: celery.chord_unlock is Celery's own canvas task" in result.stderr
+    assert _queued(client.workdir) == []
+
+
+def test_task_modules_failing_to_import_are_one_line(client):
+    store(client, "plain")
+    env = env_for(client)
+    env["E2E_CONF"] = json.dumps({"imports": ["no_such_tasks_module"]})
+    result = run_cli("retry", "plain", "--yes", "-A", "e2e_app", env=env, cwd=TESTS)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "consul-results: cannot load the Celery app's task modules: "
+        "No module named 'no_such_tasks_module'\n"
+    )
+    assert _queued(client.workdir) == []

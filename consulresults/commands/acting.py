@@ -140,7 +140,10 @@ def retry(
     from ..requeue import Sent, oldest_first, plan, plan_ids
 
     check = orphan_check(conn, orphaned, min_age, ping_timeout)
-    target = AppRequeue(app)
+    try:
+        target = AppRequeue(app)
+    except Exception as exc:  # the user's task modules failing to import, with their reason
+        raise fail(f"cannot load the Celery app's task modules: {exc}", EXIT_USAGE) from None
     if ids is not None:  # named ids need no --all-prefixes, as for rm
         ops = conn.open()
         chosen = plan_ids(ops, ids, rules, target)

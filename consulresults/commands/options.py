@@ -186,13 +186,17 @@ TaskOption = Annotated[
 OlderOption = Annotated[
     str | None,
     typer.Option(
-        "--older-than", metavar="AGE", help="Done before this: 7d, 12h, 30m or an ISO date."
+        "--older-than",
+        metavar="AGE",
+        help="Done before this (a running task: started): 7d, 12h, 30m or an ISO date.",
     ),
 ]
 NewerOption = Annotated[
     str | None,
     typer.Option(
-        "--newer-than", metavar="AGE", help="Done after this: 7d, 12h, 30m or an ISO date."
+        "--newer-than",
+        metavar="AGE",
+        help="Done after this (a running task: started): 7d, 12h, 30m or an ISO date.",
     ),
 ]
 ExpiredOption = Annotated[
