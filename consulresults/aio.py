@@ -26,6 +26,10 @@ from celery.result import AsyncResult, GroupResult
 from .celery_waiting import WaitingMixin, _Waiter, known, parent_ids
 from .waiting import WAITING
 
+# AsyncResult's own method that keeps a meta it was given (Celery's, not public): where a Celery
+# lacks it, the results yielded read their state again, one request each
+CACHE_HOOK = "_maybe_set_cache"
+
 
 async def get(
     result: AsyncResult | GroupResult, timeout: float | None = None, propagate: bool = True
@@ -53,7 +57,7 @@ async def as_completed(
     no request); ``celery.exceptions.TimeoutError`` if some are not ready in ``timeout``."""
     metas: dict[str, dict[str, Any]] = {}
     async for done in _completed(list(results), (), timeout, metas):
-        remember = getattr(done, "_maybe_set_cache", None)  # Celery's own, not public: if there
+        remember = getattr(done, CACHE_HOOK, None)  # Celery's own, not public: if there
         if remember is not None:
             remember(metas[done.id])  # its state, result and get() then need no request
         yield done

@@ -109,6 +109,23 @@ def test_as_completed_yields_in_the_order_results_become_ready(make_app, consul_
     assert results[0].result == 1  # ready, and read from what was awaited
 
 
+def test_as_completed_without_celerys_cache_hook(make_app, consul_prefix, monkeypatch):
+    """Where a Celery lacks AsyncResult's private cache method, the results still come, and
+    read their state through the public path."""
+    monkeypatch.setattr(aio, "CACHE_HOOK", "_no_such_method")
+    app = make_app()
+    results = [app.AsyncResult(f"aio-nohook-{i}") for i in range(2)]
+    for i, result in enumerate(results):
+        app.backend.store_result(result.id, i, states.SUCCESS)
+
+    async def main():
+        return [done.id async for done in aio.as_completed(results, timeout=10)]
+
+    assert sorted(run(main())) == sorted(r.id for r in results)
+    assert [r._cache for r in results] == [None, None]  # nothing primed: the public path reads
+    assert [r.result for r in results] == [0, 1]
+
+
 def test_a_group(make_app, consul_prefix):
     app = make_app()
     group = GroupResult("aio-group", [app.AsyncResult(f"aio-g{i}") for i in range(5)], app=app)
