@@ -38,7 +38,7 @@ class RetryPolicy:
                     return fn()
                 except Exception as exc:
                     pause = self.delay(retries + 1)
-                    if not self.should_retry(exc) or self._exhausted(retries):
+                    if not self.allows(exc, retries):
                         raise
                     left = remaining()
                     if left is not None and pause >= left:
@@ -49,8 +49,10 @@ class RetryPolicy:
                         self.on_retry(exc, retries)
                     time.sleep(pause)
 
-    def _exhausted(self, retries: int) -> bool:
-        return self.max_retries is not None and retries >= self.max_retries
+    def allows(self, exc: BaseException, retries: int) -> bool:
+        """Whether ``exc``, after ``retries`` retries already, may be tried again."""
+        exhausted = self.max_retries is not None and retries >= self.max_retries
+        return self.should_retry(exc) and not exhausted
 
 
 def doubling(first: float) -> Callable[[int], float]:

@@ -76,6 +76,26 @@ def test_no_leader_while_waiting_under_always_retry(make_app, server):
     assert isinstance(raised.value.__cause__, consul.ConsulException)
 
 
+def test_waiting_without_a_timeout_stops_at_max_retries(make_app, server):
+    """Under always_retry without a timeout, failed rounds count against
+    result_backend_max_retries, as Celery's own reads do: the wait ends with the failure."""
+    app = app_on(make_app, server, **ALWAYS_RETRY, result_backend_max_retries=2)
+    server.faults.add(FaultRule("error", after=1))  # the first read passes, then none
+    raised: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            app.AsyncResult("w").get()
+        except BaseException as exc:
+            raised.append(exc)
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    with ends_within(5.0):
+        waiter.start()
+        waiter.join(5.0 + REQUEST_TIMEOUT + SLACK)
+    assert len(raised) == 1 and isinstance(raised[0], consul.ConsulException), raised
+
+
 def test_resets_like_the_connection_limit(make_app, server):
     """A fresh connection reset before any answer is the agent's connection limit: ridden out
     for backpressure_patience (30 s), but never past the caller's deadline."""
