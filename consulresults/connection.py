@@ -186,7 +186,9 @@ class _Connection(http.client.HTTPConnection):
         """Connect within the timeout, name resolution included (which the socket's timeout
         does not bound: a slow resolver would otherwise outlast any deadline)."""
         timeout = cast(float, self.timeout)  # the transport sets it before connecting
-        self.sock = _connected(_resolved(self.host, self.port, timeout), self.port, timeout)
+        end = time.monotonic() + timeout  # the lookup and the connection share it
+        addresses = _resolved(self.host, self.port, timeout)
+        self.sock = _connected(addresses, self.port, max(0.001, end - time.monotonic()))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._context is not None:
             self.sock = self._context.wrap_socket(self.sock, server_hostname=self._server_name)
