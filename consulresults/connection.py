@@ -304,7 +304,8 @@ class _Pool:
                     raise PoolExhausted(
                         f"all {self._cap} connections of this process's budget stayed busy"
                     )
-                self._cond.wait(min(deadline, max(self._turn_at, now + 0.001)) - now)
+                turn = self._turn_at if now < self._turn_at else deadline  # else: a notify
+                self._cond.wait(min(deadline, turn) - now)
 
     def _grant(self, long: bool) -> _Connection | None:
         now = time.monotonic()
