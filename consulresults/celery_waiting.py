@@ -147,7 +147,8 @@ class _Waiter:
         self.parent_failed: tuple[str, dict[str, Any]] | None = None  # its id and meta
         self.error: BaseException | None = None
         self.last_error: BaseException | None = None  # chained to a timeout
-        self.failed_rounds = 0  # counted against result_backend_max_retries
+        self.failed_rounds = 0  # in a row, counted against result_backend_max_retries
+        self.reads_at_failure = 0
         self.event = threading.Event()
         self._notify = notify or self.event.set
         self._decode = decode
@@ -259,11 +260,13 @@ class WaitingMixin(KeyValueStoreBackend):
 
     def _raise_unless_retried(self, waiter: _Waiter) -> None:
         """A failed round of the service is the caller's error, unless Celery's retry policy
-        (``result_backend_always_retry``, up to ``result_backend_max_retries`` failed rounds)
-        says to keep waiting through it."""
+        (``result_backend_always_retry``, up to ``result_backend_max_retries`` failed rounds in
+        a row, as Celery counts the retries of one read) says to keep waiting through it."""
         error, waiter.error = waiter.error, None
         if error is not None:
             waiter.last_error = error
+            if waiter.watch.reads != waiter.reads_at_failure:  # a round succeeded since
+                waiter.failed_rounds, waiter.reads_at_failure = 0, waiter.watch.reads
             if not self._wait_policy.allows(error, waiter.failed_rounds):
                 raise error
             waiter.failed_rounds += 1

@@ -54,6 +54,7 @@ class Watch:
         self._on_change = on_change
         self._on_error = on_error
         self._seen: dict[str, int] = {}
+        self.reads = 0  # rounds that read its keys: failures between two are consecutive
 
     def offer(self, key: str, entry: Entry | None) -> None:
         if entry is None or self._seen.get(key) == entry["ModifyIndex"]:
@@ -209,7 +210,9 @@ class WaitingService:
     def _dispatch(self, group: _Group, entries: dict[str, Entry | None]) -> None:
         with self._lock:
             for watch in list(group.watches):
-                for key in [key for key in watch.keys if key in entries]:
+                read = [key for key in watch.keys if key in entries]
+                watch.reads += bool(read)
+                for key in read:
                     try:
                         watch.offer(key, entries[key])
                     except Exception:  # one broken waiter must not cost the others their news

@@ -15,8 +15,9 @@ from contextlib import contextmanager
 import consul
 import pytest
 import requests
+from celery import states
 from celery.exceptions import TimeoutError
-from conftest import backend_url, run_cli
+from conftest import backend_url, run_cli, wait_until
 
 from consulresults import aio
 from consulresults.connection import connect
@@ -94,6 +95,30 @@ def test_waiting_without_a_timeout_stops_at_max_retries(make_app, server):
         waiter.start()
         waiter.join(5.0 + REQUEST_TIMEOUT + SLACK)
     assert len(raised) == 1 and isinstance(raised[0], consul.ConsulException), raised
+
+
+def test_only_failed_rounds_in_a_row_count_against_max_retries(make_app, server):
+    """Two outages of two failed rounds each, a good round between them: with
+    result_backend_max_retries 2 the wait rides out both, as Celery's reads would."""
+    app = app_on(make_app, server, **ALWAYS_RETRY, result_backend_max_retries=2)
+    # a failed round is 5 failed requests (a read is tried 5 times): the first read passes, two
+    # rounds fail, one read passes, two rounds fail
+    server.faults.add(FaultRule("error", count=10, after=1))
+    server.faults.add(FaultRule("error", count=10, after=2))
+    outcome: list[object] = []
+
+    def wait() -> None:
+        try:
+            outcome.append(app.AsyncResult("twice").get(timeout=30))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    wait_until(lambda: server.faults.injected["error"] == 20 or outcome, 30, "both outages")
+    app.backend.store_result("twice", 7, states.SUCCESS)
+    waiter.join(30)
+    assert outcome == [7]
 
 
 def test_resets_like_the_connection_limit(make_app, server):
