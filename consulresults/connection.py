@@ -336,7 +336,10 @@ class _Pool:
         with self._cond:
             self._long -= long
             now = time.monotonic()
-            if self._open <= self._cap and not self.last_use(connection):
+            # one past MAX_AGE is kept: its next request asks the agent to close it (the
+            # TIME_WAIT is then the agent's); under pressure its slot is given back now
+            lease_over = self.pressed() and now - connection.born >= PRESSED_LEASE
+            if self._open <= self._cap and not lease_over:
                 self._idle.append((connection, now))
                 self._schedule_reaper(self.idle_timeout)
             else:

@@ -8,9 +8,12 @@ process therefore touches a file named for the agent in the temporary directory,
 process looks at its time now and then (a ``stat``, at most every ``CHECK_EVERY`` seconds): while
 it is recent, each process gives its connections back after a short lease.
 
-The file is the user's own (mode 0600; its name has the uid), so another user on the host cannot
-slow this user's processes down; processes of other users or in other containers feel the
-pressure only when the agent refuses them. Nothing is written while the agent is not refusing.
+The file is the user's own (mode 0600; its name has the uid; opened without following a
+symbolic link, and read only if it is a regular file of this user), so another user on the host
+cannot slow this user's processes down, nor make them write elsewhere; processes of other users,
+in other containers or with a private temporary directory (systemd's PrivateTmp) feel the
+pressure only when the agent refuses them. Nothing is written while the agent is not refusing,
+and without a usable temporary directory nothing is shared at all.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 import tempfile
 import time
 
@@ -29,8 +33,11 @@ class HostPressure:
 
     def __init__(self, host: str, port: int, lasts: float) -> None:
         agent = hashlib.sha256(f"{host}:{port}".encode()).hexdigest()[:16]
-        uid = os.getuid() if hasattr(os, "getuid") else 0
-        self.path = os.path.join(tempfile.gettempdir(), f"consulresults-{uid}-{agent}.pressure")
+        self._uid = os.getuid() if hasattr(os, "getuid") else 0
+        self.path: str | None = None
+        with contextlib.suppress(OSError):  # no usable temporary directory: nothing shared
+            name = f"consulresults-{self._uid}-{agent}.pressure"
+            self.path = os.path.join(tempfile.gettempdir(), name)
         self.lasts = lasts
         self._checked_at = 0.0
         self._told_at = 0.0
@@ -40,20 +47,31 @@ class HostPressure:
         """This process was refused: let the others know (best effort; a failure is ignored),
         at most every ``CHECK_EVERY`` seconds, as often as they look."""
         now = time.monotonic()
-        if now < self._told_at:
+        if self.path is None or now < self._told_at:
             return
         self._told_at = now + CHECK_EVERY
+        flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
         with contextlib.suppress(OSError):
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
-            os.utime(self.path)
+            fd = os.open(self.path, flags, 0o600)
+            try:
+                if self._ours(os.fstat(fd)):
+                    os.utime(fd if os.utime in os.supports_fd else self.path)
+            finally:
+                os.close(fd)
 
     def felt(self) -> float:
         """Until when (monotonic) the host is under pressure, as last seen; 0 if it is not."""
         now = time.monotonic()
-        if now >= self._checked_at:
+        if self.path is not None and now >= self._checked_at:
             self._checked_at = now + CHECK_EVERY
             with contextlib.suppress(OSError):
-                stat = os.stat(self.path)
-                if stat.st_uid == (os.getuid() if hasattr(os, "getuid") else stat.st_uid):
-                    self._until = now + self.lasts - (time.time() - stat.st_mtime)
+                found = os.stat(self.path, follow_symlinks=False)
+                if self._ours(found):
+                    self._until = now + self.lasts - (time.time() - found.st_mtime)
         return self._until
+
+    def _ours(self, found: os.stat_result) -> bool:
+        """A regular file of this user (not a link, nor another user's file)."""
+        return stat.S_ISREG(found.st_mode) and (
+            found.st_uid == self._uid or not hasattr(os, "getuid")
+        )

@@ -127,6 +127,26 @@ def test_an_old_connection_is_not_kept(consul_server, monkeypatch):
     assert transport.pool.stats()["idle"] == 0  # closed when given back
 
 
+def test_a_request_that_ends_past_the_age_leaves_the_close_to_the_agent(
+    consul_server, consul_prefix, monkeypatch
+):
+    """A blocking read that starts young and ends old: the connection is kept, and its next
+    request asks the agent to close it, so the TIME_WAIT is the agent's, not ours."""
+    from consulresults import connection
+
+    transport = transport_for(consul_server)
+    key = f"/v1/kv/{consul_prefix}aged"
+    transport.request("PUT", key, body="x")
+    index = transport.request("GET", key).index
+    monkeypatch.setattr(connection, "MAX_AGE", 0.3)
+    fresh = transport_for(consul_server, max_connections=3)  # a pool of its own, none open
+    fresh.request("GET", key, params=[("index", str(index)), ("wait", "1s")], long=True)
+    assert fresh.pool.stats()["idle"] == 1  # older than MAX_AGE now, but not closed by us
+    answer = fresh.request("GET", key)
+    assert answer.headers.get("Connection", "").lower() == "close"
+    assert fresh.pool.stats()["idle"] == 0
+
+
 def hold_connections(server, n: int) -> list[socket.socket]:
     """``n`` idle connections from this IP, each counted by the server."""
     held = [socket.create_connection((server.host, server.port)) for _ in range(n)]
@@ -175,10 +195,16 @@ def test_a_store_rides_out_the_agents_connection_limit(
         sock.close()
 
 
-def test_every_process_of_the_host_feels_a_refusal(consul_dev_server_factory, monkeypatch):
+def test_every_process_of_the_host_feels_a_refusal(
+    consul_dev_server_factory, monkeypatch, tmp_path
+):
     """The processes holding the agent's slots never see its 429: a refused one tells them (a
     file of this user's), so they give their slots back after a short lease too."""
+    import tempfile
+
     from consulresults import connection
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the pressure file: not /tmp's
 
     server = consul_dev_server_factory(http_max_conns_per_client=2)
     holder = transport_for(server, max_connections=3)  # another pool, as another process's
