@@ -580,7 +580,7 @@ class Transport:
         caller's deadline has passed (:mod:`consulresults.deadline`).
 
         When the agent refuses the connection (over its per-client-IP limit), nothing was
-        applied: the request is sent again after a full-jitter back-off, for up to
+        applied: the request is sent again after a random wait (:func:`pushback_delay`), for up to
         ``backpressure_patience`` seconds, whatever the request."""
         if passed():
             raise compatible(ConsulTimeout)(

@@ -3,7 +3,7 @@ them (the whole worker killed, a lost node, a solo, threads or gevent pool kille
 
 Consul cannot tell a running task from a dead one, the workers can: one broadcast
 ``query_task`` on the Celery app's broker asks every worker that is alive which of the
-suspected ids it holds (active, reserved or scheduled, an ``acks_late`` redelivery included),
+suspected ids it holds (active or reserved, an ``acks_late`` redelivery included),
 and every worker that answers is alive, so the broadcast is the ping too. A STARTED result is
 orphaned only if no answering worker holds it; if no worker answers at all, nothing can be
 told (:class:`CannotTell`). Only results recorded by a worker's ``task_track_started`` (they

@@ -274,6 +274,10 @@ def run(
                     f"{exc}; the mark on {result.id} stays (retry --again {result.id} sends it)"
                 ) from exc
             raise
+        except BaseException:  # anything else (Ctrl-C, a broker's own error): not sent either
+            if claimed is not None:
+                unclaim(ops, result, claimed)
+            raise
         on_sent(Sent(result.id, call.name, new_id))
 
 

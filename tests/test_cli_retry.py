@@ -269,11 +269,11 @@ def test_skip_reasons_each_one_line_and_counted(client, make_app):
 
 
 def test_revoked_only_when_asked_and_limit_takes_the_oldest(client):
-    for n in range(3):
+    for n in (2, 1, 0):  # stored in reverse key order: the oldest are not the first keys
         store(client, f"fail-{n}")
     store(client, "revoked", states.REVOKED)
     dry = retry(client, "--state", "FAILURE", "--limit", "2", "--dry-run", "-o", "ids")
-    assert dry.stdout.splitlines() == ["fail-0", "fail-1"]
+    assert dry.stdout.splitlines() == ["fail-2", "fail-1"]
     assert dry.stderr.endswith("would send 2, skipped 0, 1 more left by --limit\n")
     revoked = retry(client, "--state", "REVOKED", "--dry-run", "-o", "ids")
     assert revoked.stdout == "revoked\n"

@@ -158,7 +158,7 @@ def test_a_store_rides_out_the_agents_connection_limit(
     consul_dev_server_factory, make_app, monkeypatch
 ):
     """Over the agent's per-IP limit, a new connection is answered 429 and closed: nothing was
-    applied, so the store waits (full-jitter back-off) until a slot frees, with no
+    applied, so the store waits (random waits, pushback_delay) until a slot frees, with no
     result_backend_always_retry and no error."""
     server = consul_dev_server_factory(http_max_conns_per_client=3)
     app = make_app(backend=backend_url(server, "limited"), consulresults_idle_timeout=5.75)
