@@ -14,7 +14,7 @@ from kombu.exceptions import EncodeError, OperationalError
 from kombu.serialization import dumps, loads
 from kombu.utils.encoding import str_to_bytes
 
-from .orphans import BrokerUnavailable
+from .exceptions import BrokerUnavailable
 from .requeue import Call, CannotSend
 
 

@@ -1,6 +1,7 @@
 """The failures of talking to Consul, defined once, importing nothing of the package: the
 transport (:mod:`consulresults.connection`) raises them, and :mod:`consulresults.compat`
-subclasses each as the python-consul2 or requests class Celery's built-in backend raises."""
+subclasses each as the python-consul2 or requests class Celery's built-in backend raises. Also
+the failures of the Celery app's broker as ``retry`` and ``--orphaned`` meet them."""
 
 from __future__ import annotations
 
@@ -50,3 +51,12 @@ class ConsulTLSError(ConsulUnreachable):
 class ConsulTimeout(OSError):
     """Consul took longer than the timeout; the message says which agent, which request and
     what to do."""
+
+
+class BrokerUnavailable(Exception):
+    """The Celery app's broker is down or refuses us (``retry``, ``--orphaned``: exit 69)."""
+
+
+class CannotTell(Exception):
+    """No worker answered the broadcast of ``--orphaned``: a dead worker and a silent one look
+    the same (exit 4)."""

@@ -21,19 +21,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .exceptions import BrokerUnavailable, CannotTell
 from .operations import ResultOperations, StoredResult
 
 STARTED = "STARTED"
 NO_WORKER = "no worker recorded (not stored by a worker's task_track_started)"
 NO_TIME = "no start time recorded (no date_started, and result_expires is off: Flags are 0)"
-
-
-class CannotTell(Exception):
-    """No worker answered the broadcast: a dead worker and a silent one look the same."""
-
-
-class BrokerUnavailable(Exception):
-    """The broadcast could not be sent: the app's broker is down or refuses us."""
 
 
 @dataclass

@@ -23,9 +23,9 @@ from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from .codec import COMPRESSED_MAGIC
+from .exceptions import BrokerUnavailable
 from .kv import ValueTooLarge
 from .operations import RETRIED_AS, RETRIED_AT, ResultOperations, StoredResult
-from .orphans import BrokerUnavailable  # one exception for "the app's broker failed" (exit 69)
 
 RETRYABLE = frozenset({"FAILURE"})
 RESENDABLE = frozenset({"FAILURE", "REVOKED"})  # what --state may ask for (STARTED: --orphaned)

@@ -50,7 +50,7 @@ def describe_error(exc: BaseException, where: str) -> tuple[str, int] | None:
         ConsulUnreachable,
         PermissionDenied,
     )
-    from ..orphans import BrokerUnavailable, CannotTell
+    from ..exceptions import BrokerUnavailable, CannotTell
     from ..settings import SettingsError
 
     if isinstance(exc, SettingsError) or _improperly_configured(exc):
