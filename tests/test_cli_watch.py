@@ -26,20 +26,33 @@ class Watcher:
             text=True,
         )
         self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
+        self.errors: list[str] = []  # all of stderr, read as it comes (a full pipe would block)
         begun = self.process.stderr.readline()  # written once the first round is in
         assert "watching" in begun, begun
+        threading.Thread(target=self._pump, daemon=True).start()
+        self._errors_read = threading.Thread(target=self._pump_errors, daemon=True)
+        self._errors_read.start()
 
     def _pump(self) -> None:
         for line in self.process.stdout:
             self.lines.put(line)
+
+    def _pump_errors(self) -> None:
+        for line in self.process.stderr:
+            self.errors.append(line)
 
     def next(self, timeout: float = 15.0) -> str:
         return self.lines.get(timeout=timeout)
 
     def stop(self) -> int:
         self.process.send_signal(signal.SIGINT)
-        return self.process.wait(timeout=15)
+        try:
+            status = self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            stderr = "".join(self.errors)
+            raise AssertionError(f"watch did not stop; its stderr: {stderr}") from None
+        self._errors_read.join(15)  # its stderr read to the end
+        return status
 
 
 @pytest.fixture
@@ -75,7 +88,7 @@ def test_results_as_they_are_stored_and_ctrl_c(make_app, watch):
     assert failed["state"] == "FAILURE"
     assert failed["result"] == "ZeroDivisionError: division by zero"
     assert watcher.stop() == 130
-    assert "Traceback" not in watcher.process.stderr.read()
+    assert "Traceback" not in "".join(watcher.errors)
     assert watcher.lines.empty()
 
 
