@@ -24,6 +24,9 @@ class Watcher:
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
             text=True,
+            # Ctrl-C as at a terminal, even when these tests run in the background (a shell
+            # starts background jobs with SIGINT ignored, and Python keeps it ignored)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.errors: list[str] = []  # all of stderr, read as it comes (a full pipe would block)

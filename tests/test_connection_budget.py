@@ -128,18 +128,21 @@ def test_an_old_connection_is_not_kept(consul_server, monkeypatch):
 
 
 def test_a_request_that_ends_past_the_age_leaves_the_close_to_the_agent(
-    consul_server, consul_prefix, monkeypatch
+    consul_dev_server_factory, monkeypatch
 ):
     """A blocking read that starts young and ends old: the connection is kept, and its next
-    request asks the agent to close it, so the TIME_WAIT is the agent's, not ours."""
+    request asks the agent to close it, so the TIME_WAIT is the agent's, not ours. (An agent of
+    its own: on the shared one, another test's refusals would put this process under pressure,
+    where the connection is given back at once.)"""
     from consulresults import connection
 
-    transport = transport_for(consul_server)
-    key = f"/v1/kv/{consul_prefix}aged"
+    server = consul_dev_server_factory()
+    transport = transport_for(server)
+    key = "/v1/kv/aged"
     transport.request("PUT", key, body="x")
     index = transport.request("GET", key).index
     monkeypatch.setattr(connection, "MAX_AGE", 0.3)
-    fresh = transport_for(consul_server, max_connections=3)  # a pool of its own, none open
+    fresh = transport_for(server, max_connections=3)  # a pool of its own, none open
     fresh.request("GET", key, params=[("index", str(index)), ("wait", "1s")], long=True)
     assert fresh.pool.stats()["idle"] == 1  # older than MAX_AGE now, but not closed by us
     answer = fresh.request("GET", key)
