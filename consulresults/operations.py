@@ -148,7 +148,8 @@ class ResultFilter:
             fnmatch.fnmatchcase(result.task_name or "", g) for g in self.task_globs
         ):
             return False
-        when = result.done_at if result.done_at is not None else result.started_at
+        done = result.done_at  # parsed once: this runs for every result listed
+        when = done if done is not None else result.started_at
         if self.older_than is not None and (when is None or when >= self.older_than):
             return False
         if self.newer_than is not None and (when is None or when <= self.newer_than):

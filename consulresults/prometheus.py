@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from .runtimes import QUANTILES
+
 # stats fields exported as one unlabelled (but for the prefix) gauge each, with their help
 GAUGES = {
     "bytes": "Bytes of the stored task results.",
@@ -22,8 +24,6 @@ GAUGES = {
 }
 
 Sample = tuple[dict[str, str], float]
-# the runtime figures of ``stats``, as the quantile label of consul_results_runtime_seconds
-RUNTIME_QUANTILES = {"p50": "0.5", "p95": "0.95", "max": "1"}
 
 
 def exposition(stats: dict[str, Any], prefix: str, now: float | None = None) -> str:
@@ -51,9 +51,9 @@ def _runtimes(runtimes: dict[str, dict[str, Any]], base: dict[str, str]) -> list
     runtime quantiles of the others (none for a task none of whose results has one)."""
     tasks = [({**base, "task": task}, figures) for task, figures in runtimes.items()]
     quantiles = [
-        ({**labels, "quantile": quantile}, figures[field])
+        ({**labels, "quantile": f"{quantile:g}"}, figures[field])
         for labels, figures in tasks
-        for field, quantile in RUNTIME_QUANTILES.items()
+        for field, quantile in QUANTILES.items()
         if figures[field] is not None
     ]
     return [
