@@ -28,7 +28,7 @@ from aiohttp import web
 from .acl import AclConfig, AclNotFound, Authorizer, PermissionDenied
 from .connlimit import ConnectionLimiter
 from .faults import FaultInjector, FaultRule
-from .store import Entry, Session, Store, StoreError, TxnOp
+from .store import Entry, RaftWrites, Session, Store, StoreError, TxnOp
 from .wire import (
     ApiError,
     QueryOptions,
@@ -84,11 +84,13 @@ class ServerConfig:
 
 
 class Counters:
-    """Requests per endpoint and TCP connections seen, readable while the server runs."""
+    """Requests per endpoint, TCP connections seen and the store's Raft writes (``raft.*``, from
+    :class:`RaftWrites`, kept apart from ``requests``), readable while the server runs."""
 
-    def __init__(self) -> None:
+    def __init__(self, raft: RaftWrites | None = None) -> None:
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {}
+        self.raft = raft or RaftWrites()
 
     def incr(self, name: str) -> None:
         with self._lock:
@@ -98,11 +100,13 @@ class Counters:
         with self._lock:
             counts = dict(self._counts)
         counts["requests"] = sum(v for k, v in counts.items() if k != "connections")
+        counts.update(self.raft.snapshot())
         return counts
 
     def reset(self) -> None:
         with self._lock:
             self._counts.clear()
+        self.raft.reset()
 
 
 @dataclass

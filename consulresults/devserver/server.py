@@ -114,6 +114,7 @@ class DevServer:
             self.session_ttl_min_ns,
             self.session_ttl_multiplier,
             self.tombstone_ttl_s,
+            raft_writes=self._counters.raft,
         )
         if self.config.before_1_14:
             self.store.disabled_verbs.add("get-or-empty")
@@ -214,7 +215,10 @@ class DevServer:
 
     def counters(self) -> dict[str, int]:
         """Requests per endpoint (``kv.get``, ``kv.put``, ``txn``...), ``requests`` and
-        ``connections`` (distinct TCP connections) since start or the last reset."""
+        ``connections`` (distinct TCP connections), and the writes a real Consul would put
+        through Raft: ``raft.kv`` (KV PUT and DELETE), ``raft.session`` (create, destroy,
+        invalidation), ``raft.txn.applied``, ``raft.txn.failed`` and their sum ``raft.writes``
+        (not part of ``requests``), since start or the last reset."""
         return self._counters.snapshot()
 
     def reset_counters(self) -> None:
@@ -374,6 +378,7 @@ class DevServerProcess:
         return RemoteFaults(self.control)
 
     def counters(self) -> dict[str, int]:
+        """As :meth:`DevServer.counters` (``raft.*`` included), read from ``/_dev/counters``."""
         return cast("dict[str, int]", self.control.request("GET", "/_dev/counters"))
 
     def reset_counters(self) -> None:

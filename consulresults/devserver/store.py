@@ -6,12 +6,14 @@ renders what this module returns. All state is touched from the server's event l
 
 Every mutation goes through :meth:`Store._write_entry` / :meth:`Store._write_session` inside a
 :meth:`Store._transaction`, which keeps an undo log (so a failing ``/v1/txn`` rolls back), hands the
-committed changes to the journal (persistence) and wakes blocking queries.
+committed changes to the journal (persistence), wakes blocking queries and counts the write as one
+Raft apply (:class:`RaftWrites`).
 """
 
 from __future__ import annotations
 
 import bisect
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,6 +26,37 @@ from .durations import DurationError, format_go_duration, parse_go_duration
 MAX_TTL_NS = 24 * 3600 * 1_000_000_000
 MAX_LOCK_DELAY_S = 60.0
 SERF_HEALTH = "serfHealth"
+
+
+class RaftWrites:
+    """The writes a real Consul would put through Raft, by kind (``raft.kv``, ``raft.session``,
+    ``raft.txn.applied``, ``raft.txn.failed``; ``raft.writes`` is their sum in a snapshot).
+
+    One per :meth:`Store._transaction`, whether it changed anything or failed in the state
+    store; what Consul refuses before Raft (ACLs, lock delay, ``Must provide key``) and what it
+    serves without Raft (reads, read-only txns, session renewals) never gets here. Incremented on
+    the server's loop, read from any thread.
+    """
+
+    KINDS = ("raft.txn.applied", "raft.txn.failed", "raft.kv", "raft.session")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(self.KINDS, 0)
+
+    def add(self, kind: str) -> None:
+        with self._lock:
+            self._counts[kind] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            counts = dict(self._counts)
+        counts["raft.writes"] = sum(counts.values())
+        return counts
+
+    def reset(self) -> None:
+        with self._lock:
+            self._counts = dict.fromkeys(self.KINDS, 0)
 
 
 class StoreError(Exception):
@@ -152,12 +185,14 @@ class Store:
         ttl_multiplier: float = 2.0,
         tombstone_ttl_s: float = 900.0,
         clock: Callable[[], float] = time.monotonic,
+        raft_writes: RaftWrites | None = None,
     ) -> None:
         self.node_name = node_name
         self.session_ttl_min_ns = session_ttl_min_ns
         self.ttl_multiplier = ttl_multiplier
         self.tombstone_ttl_s = tombstone_ttl_s
         self.clock = clock
+        self.raft_writes = raft_writes or RaftWrites()
         self.node_healthy = True
         self.tables = Tables()
         self.entries: dict[str, Entry] = {}
@@ -176,8 +211,12 @@ class Store:
     # ------------------------------------------------------------------ transactions
 
     @contextmanager
-    def _transaction(self) -> Iterator[int]:
-        """Allocate one Raft index for a write and commit or roll back everything done in it."""
+    def _transaction(self, kind: str, failed_kind: str | None = None) -> Iterator[int]:
+        """Allocate one Raft index for a write and commit or roll back everything done in it.
+
+        The write is counted as ``kind`` in :attr:`raft_writes`, or as ``failed_kind`` (default:
+        ``kind``) when it raises: a write that fails in the state store went through Raft too.
+        """
         saved_tables = replace(self.tables)
         self._undo, self._changes = [], Changes()
         self.tables.raft += 1
@@ -187,8 +226,10 @@ class Store:
             for undo in reversed(self._undo):
                 undo()
             self.tables = replace(saved_tables, raft=saved_tables.raft + 1)
+            self.raft_writes.add(failed_kind or kind)
             raise
         else:
+            self.raft_writes.add(kind)
             changes = self._changes
             if changes:
                 self.on_commit(changes, self.tables)
@@ -289,7 +330,7 @@ class Store:
         """PUT /v1/kv/<key> with its variants; returns Consul's true/false answer."""
         if acquire is not None and self.key_in_lock_delay(key):
             return False
-        with self._transaction() as idx:
+        with self._transaction("raft.kv") as idx:
             if acquire is not None:
                 return self._lock(key, value, flags, acquire, idx)
             if release is not None:
@@ -357,7 +398,7 @@ class Store:
 
     def kv_delete(self, key: str, recurse: bool = False, cas: int | None = None) -> bool:
         """DELETE /v1/kv/<key>; true for a missing key, as Consul answers."""
-        with self._transaction() as idx:
+        with self._transaction("raft.kv") as idx:
             if recurse:
                 self._delete_tree(key, idx)
                 return True
@@ -415,7 +456,7 @@ class Store:
         """Run ops in order in one Raft transaction; any failure rolls everything back."""
         results: list[Entry] = []
         try:
-            with self._transaction() as idx:
+            with self._transaction("raft.txn.applied", "raft.txn.failed") as idx:
                 errors = []
                 for i, op in enumerate(ops):
                     error = self._txn_op(op, idx, results)
@@ -523,7 +564,7 @@ class Store:
     def session_create(self, spec: dict[str, Any]) -> str:
         """Create a session from a decoded request body (field names already lower-cased)."""
         session = self._session_from_spec(spec)
-        with self._transaction() as idx:
+        with self._transaction("raft.session") as idx:
             self._validate_session_checks(session)
             session.create_index = session.modify_index = idx
             self._write_session(session.id, session, idx)
@@ -598,7 +639,7 @@ class Store:
         """Destroy (no-op for unknown ids): release or delete its keys, apply lock-delay."""
         if session_id.lower() not in self.sessions:
             return
-        with self._transaction() as idx:
+        with self._transaction("raft.session") as idx:
             self._invalidate(self.sessions[session_id.lower()], idx)
 
     def _invalidate(self, session: Session, idx: int) -> None:
@@ -639,19 +680,25 @@ class Store:
             s for s in self.sessions.values() if s.expires_at is not None and s.expires_at <= now
         ]
         for session in due:
-            with self._transaction() as idx:
+            with self._transaction("raft.session") as idx:
                 self._invalidate(session, idx)
         return len(due)
 
     def set_node_health(self, healthy: bool) -> None:
-        """Flip serfHealth; turning critical invalidates every session that watches it."""
+        """Flip serfHealth; turning critical invalidates every session that watches it, all in
+        one Raft write at one index (Consul's ``ensureCheckTxn`` deletes them with the check's
+        update)."""
         self.node_healthy = healthy
-        if healthy:
+        watching = [
+            s
+            for s in self.sessions.values()
+            if SERF_HEALTH in s.node_checks or SERF_HEALTH in (s.checks or [])
+        ]
+        if healthy or not watching:
             return
-        for session in list(self.sessions.values()):
-            if SERF_HEALTH in session.node_checks or SERF_HEALTH in (session.checks or []):
-                with self._transaction() as idx:
-                    self._invalidate(session, idx)
+        with self._transaction("raft.session") as idx:
+            for session in watching:
+                self._invalidate(session, idx)
 
     def reap_tombstones(self) -> None:
         """Forget tombstones older than the tombstone TTL (prefix indexes may then go back)."""
