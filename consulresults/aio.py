@@ -15,6 +15,7 @@ raises what it would raise. Cancelling the awaiting task stops waiting for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -23,8 +24,8 @@ from celery import states
 from celery.exceptions import TimeoutError
 from celery.result import AsyncResult, GroupResult
 
-from .celery_waiting import WaitingMixin, _Waiter, known, parent_ids
-from .waiting import WAITING
+from .celery_waiting import WaitingMixin, _Waiter, known, parent_ids, timing_out
+from .deadline import until
 
 # AsyncResult's own method that keeps a meta it was given (Celery's, not public): where a Celery
 # lacks it, the results yielded read their state again, one request each
@@ -80,33 +81,45 @@ async def _completed(
     loop = asyncio.get_running_loop()
     event = asyncio.Event()
     waiter = _Waiter(
+        backend.result_consumer,
         keys,
         watched,
         backend._meta,
         notify=lambda: loop.call_soon_threadsafe(event.set),
     )
-    WAITING.watch(backend.store, waiter.watch, read_now=True)
+    subscription = waiter.subscription
     remaining = len(keys)
-    try:
+    with subscription:
+        if deadline is not None and deadline <= time.monotonic():  # timeout=0: one read
+            await asyncio.to_thread(subscription.begin, [*keys, *watched], deadline)
+        else:
+            subscription.begin([*keys, *watched], deadline)
         while remaining:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                await asyncio.wait_for(event.wait(), left)
-            except asyncio.TimeoutError:
-                raise TimeoutError("The operation timed out.") from waiter.last_error
-            event.clear()
             while waiter.ready:
                 task_id, meta = waiter.ready.popleft()
                 metas[task_id] = meta
                 remaining -= 1
                 yield by_id[task_id]
-            backend._raise_unless_retried(waiter)
+            subscription.raise_unless_retried()
             if waiter.parent_failed is not None:
                 parent_id, meta = waiter.parent_failed
                 with known({parent_id: meta}):
                     results[0].app.AsyncResult(parent_id).maybe_throw()
-    finally:
-        WAITING.cancel(waiter.watch)
+            if not remaining:
+                return
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            # at the deadline, the last read, off the loop's thread
+            if left == 0.0:
+                with until(deadline), timing_out("The operation timed out."):
+                    expired = await asyncio.to_thread(
+                        subscription.expired, deadline, waiter.unfinished
+                    )
+                if expired:
+                    raise TimeoutError("The operation timed out.") from subscription.last_error
+            if not waiter.ready:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(event.wait(), left)
+            event.clear()
 
 
 def _backend(result: AsyncResult) -> WaitingMixin:

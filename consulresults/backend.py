@@ -40,6 +40,7 @@ from .celery_waiting import WaitingMixin
 from .chords import ChordStore
 from .client import ConsulClient
 from .connection import connect, is_transient
+from .consumer import ResultConsumer
 from .expiry import MIN_TTL, CleanupNeeded, ExpiryPlan, renew_pending
 from .kv import KVStore, ValueTooLarge, WriteConflict
 from .operations import ALL_KINDS, ResultFilter, ResultOperations
@@ -101,6 +102,7 @@ class ConsulBackend(WaitingMixin, ChordMixin, KeyValueStoreBackend):
         )
         self.expiry = self._plan(self.expires)
         self._wait_policy = self._retry_policy()
+        self.result_consumer = ResultConsumer(self.store, self._wait_policy)
         for setting, plan in self._expiry_plans.items():
             if not plan.removed_by_consul:
                 _warn_nothing_removes(setting, plan)

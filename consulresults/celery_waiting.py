@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -32,9 +31,9 @@ from celery.exceptions import TimeoutError
 from kombu.utils.encoding import bytes_to_str
 
 from .connection import is_transient
+from .consumer import ResultConsumer
 from .deadline import after, passed, until, within
 from .kv import Entry, KVStore
-from .waiting import WAITING, Watch
 
 _PARENTS: contextvars.ContextVar[tuple[str, ...] | None] = contextvars.ContextVar(
     "consulresults_parents", default=None
@@ -129,11 +128,12 @@ def checks_needed(on_interval: object, parents: tuple[str, ...] | None) -> str:
 
 
 class _Waiter:
-    """One caller's wait: the metas the service found ready, a failed parent, or an error,
-    and the event its thread sleeps on."""
+    """One caller's wait as Celery sees it: the metas found ready, a failed parent, over a
+    :class:`~consulresults.consumer.Subscription` that holds the rest."""
 
     def __init__(
         self,
+        consumer: ResultConsumer,
         keys: dict[str, str],
         parents: dict[str, str],
         decode: Callable[[bytes | None], dict[str, Any]],
@@ -144,22 +144,18 @@ class _Waiter:
         self._ready_states = ready_states
         self.parents = parents
         self.ready: deque[tuple[str, dict[str, Any]]] = deque()
+        self.finished: set[str] = set()  # keys found ready
         self.parent_failed: tuple[str, dict[str, Any]] | None = None  # its id and meta
-        self.error: BaseException | None = None
-        self.last_error: BaseException | None = None  # chained to a timeout
-        self.failed_rounds = 0  # in a row, counted against result_backend_max_retries
-        self.reads_at_failure = 0
-        self.event = threading.Event()
-        self._notify = notify or self.event.set
         self._decode = decode
-        self.watch = Watch([*keys, *parents], self._changed, self._failed)
+        self.subscription = consumer.subscribe(self._changed, notify)
 
     def _changed(self, key: str, entry: Entry) -> bool:
         meta = self._decode(entry["Value"])
         status = meta.get("status")
         if key in self.keys:
-            if status not in self._ready_states:
+            if status not in self._ready_states or key in self.finished:
                 return False
+            self.finished.add(key)
             self.ready.append((self.keys[key], meta))
         elif status == states.SUCCESS:
             return True  # a parent that will not fail any more
@@ -167,27 +163,22 @@ class _Waiter:
             self.parent_failed = (self.parents[key], meta)
         else:
             return False
-        self._notify()
+        self.subscription.notify()
         return key in self.keys
 
-    def _failed(self, exc: BaseException) -> None:
-        self.error = exc
-        self._notify()
+    def start(self, deadline: float | None) -> None:
+        self.subscription.begin([*self.keys, *self.parents], deadline)
 
-    def sleep(self, deadline: float | None, periodic: float | None) -> None:
-        """Until something happened, the deadline passed, or a periodic check is due."""
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        if periodic is not None:
-            timeout = periodic if timeout is None else min(timeout, periodic)
-        self.event.wait(timeout)
-        self.event.clear()
+    def unfinished(self) -> list[str]:
+        return [key for key in self.keys if key not in self.finished]
 
 
 class WaitingMixin(KeyValueStoreBackend):
     """Waits for :class:`consulresults.backend.ConsulBackend` (which provides ``store``,
-    ``_key``, ``_retrying`` and ``_wait_policy``)."""
+    ``result_consumer`` and ``_key``)."""
 
     store: KVStore
+    result_consumer: ResultConsumer
 
     def wait_for_pending(self, result: Any, *args: Any, **kwargs: Any) -> Any:
         """Celery's, with the result's parents known to :meth:`wait_for`."""
@@ -223,12 +214,10 @@ class WaitingMixin(KeyValueStoreBackend):
         parents = _PARENTS.get()
         checks = checks_needed(on_interval, parents)
         key = self._key(self.get_key_for_task(task_id))
-        meta: dict[str, Any] = self._retrying(self._meta_now, key)
-        if meta["status"] not in states.READY_STATES:
-            watched = {self._key(self.get_key_for_task(p)): p for p in parents or ()}
-            parents_watched = watched if checks == "parents" else {}
-            waiter = _Waiter({key: task_id}, parents_watched, self._meta)
-            meta = self._wait(waiter, after(None), on_interval, checks, interval)
+        watched = {self._key(self.get_key_for_task(p)): p for p in parents or ()}
+        parents_watched = watched if checks == "parents" else {}
+        waiter = _Waiter(self.result_consumer, {key: task_id}, parents_watched, self._meta)
+        meta = self._wait(waiter, after(None), on_interval, checks, interval)
         if on_interval is not None and checks != "none" and meta["status"] != states.SUCCESS:
             on_interval()  # a failed chord body: raise the failed header task's own error
         return meta
@@ -241,35 +230,23 @@ class WaitingMixin(KeyValueStoreBackend):
         checks: str,
         interval: float,
     ) -> dict[str, Any]:
+        """Until the result is ready; at the deadline, one last read before ``TimeoutError``
+        (a result ready as the deadline came is no timeout)."""
         periodic = max(interval, PERIODIC_MIN) if checks == "periodic" else None
-        WAITING.watch(self.store, waiter.watch)
-        try:
+        subscription = waiter.subscription
+        with subscription:
+            waiter.start(deadline)
             while True:
-                waiter.sleep(deadline, periodic)
                 if waiter.ready:
                     return waiter.ready.popleft()[1]
-                self._raise_unless_retried(waiter)
                 failed, waiter.parent_failed = waiter.parent_failed, None
                 if on_interval is not None and (failed or periodic):
                     with known(dict([failed]) if failed else {}):  # what the check reads
                         on_interval()
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise TimeoutError("The operation timed out.") from waiter.last_error
-        finally:
-            WAITING.cancel(waiter.watch)
-
-    def _raise_unless_retried(self, waiter: _Waiter) -> None:
-        """A failed round of the service is the caller's error, unless Celery's retry policy
-        (``result_backend_always_retry``, up to ``result_backend_max_retries`` failed rounds in
-        a row, as Celery counts the retries of one read) says to keep waiting through it."""
-        error, waiter.error = waiter.error, None
-        if error is not None:
-            waiter.last_error = error
-            if waiter.watch.reads != waiter.reads_at_failure:  # a round succeeded since
-                waiter.failed_rounds, waiter.reads_at_failure = 0, waiter.watch.reads
-            if not self._wait_policy.allows(error, waiter.failed_rounds):
-                raise error
-            waiter.failed_rounds += 1
+                if subscription.expired(deadline, waiter.unfinished):
+                    raise TimeoutError("The operation timed out.") from subscription.last_error
+                if not waiter.ready:
+                    subscription.drain_events(deadline, periodic)
 
     def _ready_meta(self, task_id: str) -> dict[str, Any] | None:
         """A ready meta this call knows already (Celery's cache, or :func:`known`)."""
@@ -281,10 +258,6 @@ class WaitingMixin(KeyValueStoreBackend):
         needs no request."""
         found = (_KNOWN.get() or {}).get(task_id)
         return found if found is not None else super()._get_task_meta_for(task_id)
-
-    def _meta_now(self, key: str) -> dict[str, Any]:
-        entry = self.store.entry(key)
-        return self._meta(entry["Value"] if entry else None)
 
     def _meta(self, value: bytes | None) -> dict[str, Any]:
         if not value:
@@ -324,17 +297,17 @@ class WaitingMixin(KeyValueStoreBackend):
         max_iterations: int | None,
         ready_states: frozenset[str],
     ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """As Celery 5.7's ``get_many``: what is ready, then ``TimeoutError`` once the
+        deadline has passed (``timeout=0``: after one read), with one last read at the
+        deadline, so that results ready by then are handed over first."""
         deadline, message = after(_bounded(timeout)), f"Operation timed out ({timeout})"
         keys = {self._key(self.get_key_for_task(task_id)): task_id for task_id in ids}
-        waiter = _Waiter(keys, {}, self._meta, ready_states)
-        with until(deadline), timing_out(message):  # not held across a yield
-            entries = self._retrying(self.store.entries, list(keys))
-        for key, entry in entries.items():
-            waiter.watch.offer(key, entry)
-        if waiter.watch.keys:
-            WAITING.watch(self.store, waiter.watch)
-        unfinished, iterations = len(keys), 0
-        try:
+        waiter = _Waiter(self.result_consumer, keys, {}, self._meta, ready_states)
+        subscription = waiter.subscription
+        with subscription:
+            with until(deadline), timing_out(message):  # not held across a yield
+                waiter.start(deadline)
+            unfinished, iterations = len(keys), 0
             while True:
                 while waiter.ready:
                     task_id, meta = waiter.ready.popleft()
@@ -345,15 +318,17 @@ class WaitingMixin(KeyValueStoreBackend):
                     yield task_id, meta
                 if not unfinished:
                     return
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise TimeoutError(message) from waiter.last_error
-                self._raise_unless_retried(waiter)
+                with until(deadline), timing_out(message):
+                    expired = subscription.expired(deadline, waiter.unfinished)
+                if expired:
+                    raise TimeoutError(message) from subscription.last_error
+                if waiter.ready:
+                    continue
+                subscription.raise_unless_retried()
                 if on_interval is not None:
                     on_interval()
                 iterations += 1
                 if max_iterations and iterations >= max_iterations:
                     return
                 periodic = interval if on_interval is not None or max_iterations else None
-                waiter.sleep(deadline, periodic)
-        finally:
-            WAITING.cancel(waiter.watch)
+                subscription.sleep(deadline, periodic)

@@ -7,6 +7,8 @@ CLI's operations) share.
   or ``check-index``, then ``lock`` under a session (or ``set``). Consul refuses ``?acquire`` on a
   key another session holds, so the previous holder is unlocked in the same txn. A refused write
   is read again and retried, never ignored (:meth:`KVStore.commit`).
+- Every write also reads, in the same txn, who waits on the key (:mod:`consulresults.rings`),
+  and rings those waiters' doorbells right after it lands.
 - Waits are blocking queries: the answer comes as soon as the key changes.
 - Idempotent reads retry transient failures a few times; see :mod:`consulresults.retry`.
 """
@@ -19,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, cast
 
-from . import layout
+from . import layout, rings
 from .connection import ConsulError, Interrupt, Response, Transport, TxnAnswer, is_transient
 from .deadline import clamp
 from .expiry import ExpiryPlan, session_pool
@@ -68,6 +70,7 @@ class KVStore:
         self.transport = transport
         self.prefix = prefix
         self.sessions = session_pool(transport, prefix)
+        self.waiting = rings.Layout(prefix)
         self.txn_ops = TXN_OPS
         self._get_or_empty = True
         self._known: OrderedDict[str, tuple[int, str, bool]] = OrderedDict()
@@ -164,8 +167,21 @@ class KVStore:
         """Every entry under the prefix in one blocking GET (Consul has no other way to watch a
         prefix), values left base64-encoded so that only the ones a caller needs are decoded
         (:func:`decoded`); and the index to wait past next."""
-        head = f"{self.prefix}/" if self.prefix else ""
-        response, new_index = self._get_blocking(head, [("recurse", "1")], index, wait)
+        return self.read_prefix_blocking(f"{self.prefix}/" if self.prefix else "", index, wait)
+
+    def read_prefix_blocking(
+        self,
+        prefix: str,
+        index: int,
+        wait: float,
+        consistency: str | None = None,
+        interrupt: Interrupt | None = None,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Every entry under ``prefix`` (a byte prefix) in one blocking GET, values left
+        base64-encoded; and the index to wait past next."""
+        response, new_index = self._get_blocking(
+            prefix, [("recurse", "1")], index, wait, consistency, interrupt
+        )
         return (response.body if response.status == 200 else []), new_index
 
     def _get_blocking(
@@ -302,11 +318,16 @@ class KVStore:
         self, key: str, data: bytes, plan: ExpiryPlan, known: tuple[int, str] | None, final: bool
     ) -> bool:
         session = self.sessions.get(plan)
-        answer = self.transport.txn(_write_ops(key, data, plan.flags(), session, known))
+        ops = [rings.registrations_op(self.waiting, key)]
+        answer = self.transport.txn(ops + _write_ops(key, data, plan.flags(), session, known))
         if not answer.applied:
             self.sessions.discard_if_invalid(session, answer.errors)
             raise _LostRace(key)
-        index = (answer.results or [])[-1]["KV"]["ModifyIndex"]
+        results = answer.results or []
+        index = results[-1]["KV"]["ModifyIndex"]
+        waiting = rings.waiting_sessions(self.waiting, key, results)
+        if waiting:
+            rings.ring(self.transport, self.waiting, key, waiting, index)
         with self._known_lock:
             self._known[key] = (index, session or "", final)
             self._known.move_to_end(key)

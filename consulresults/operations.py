@@ -6,7 +6,6 @@ pointed at an app (``-A``)."""
 from __future__ import annotations
 
 import fnmatch
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -17,12 +16,12 @@ from typing import Any, TypeVar, cast
 from . import layout
 from .codec import decode_meta
 from .connection import ConsulError
-from .deadline import after, until
+from .consumer import ResultConsumer
+from .deadline import after
 from .expiry import ExpiryPlan, in_use, made_for
 from .kv import Entry, KVStore, decoded
 from .retry import RetryPolicy
 from .runtimes import Runtimes
-from .waiting import WAITING, Watch
 
 READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 RETRIED_AS, RETRIED_AT = "retried_as", "retried_at"  # the mark `retry --mark` adds to a meta
@@ -254,51 +253,36 @@ class ResultOperations:
 
     def wait(self, task_id: str, timeout: float | None = None) -> StoredResult:
         """The task's result once it is ready (or unreadable); :class:`WaitTimeout` after
-        ``timeout`` seconds (None: as long as it takes). One read, then the process's waiting
-        service: the answer comes one blocking round trip after the result is stored."""
+        ``timeout`` seconds (None: as long as it takes; 0: one read). Served by the process's
+        waiting service, with one last read at the deadline."""
         parsed = self._task_key(task_id)
         deadline = after(timeout)
-        late = f"task {task_id} was not ready within {timeout:g} s" if timeout else ""
-        try:
-            with until(deadline):
-                found = self._waiting(self.fetch, task_id)
-        except Exception as exc:
-            if not (deadline and time.monotonic() >= deadline):
-                raise
-            raise WaitTimeout(late) from exc
-        if found is not None and _final(found):
-            return found
-        news: list[StoredResult | BaseException] = []
-        arrived, last = threading.Event(), None
+        late = f"task {task_id} was not ready within {timeout:g} s" if timeout is not None else ""
+        found: list[StoredResult] = []
 
         def changed(key: str, entry: Entry) -> bool:
             stored = self._stored(parsed, entry)
             if _final(stored):
-                news.append(stored)
-                arrived.set()
+                found.append(stored)
+                subscription.notify()
             return _final(stored)
 
-        def failed(exc: BaseException) -> None:
-            news.append(exc)
-            arrived.set()
-
-        watch = Watch([parsed.key], changed, failed)
-        WAITING.watch(self.store, watch)
+        subscription = ResultConsumer(self.store, self.retry).subscribe(changed)
         try:
-            while True:
-                arrived.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
-                arrived.clear()
-                while news:
-                    got = news.pop(0)
-                    if isinstance(got, StoredResult):
-                        return got
-                    if not (self.retry and self.retry.should_retry(got)):
-                        raise got
-                    last = got
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise WaitTimeout(late) from last
-        finally:
-            WAITING.cancel(watch)
+            with subscription:
+                subscription.begin([parsed.key], deadline)
+                while not found:
+                    if subscription.expired(deadline, lambda: [parsed.key]):
+                        raise WaitTimeout(late) from subscription.last_error
+                    if not found:
+                        subscription.drain_events(deadline)
+        except WaitTimeout:
+            raise
+        except Exception as exc:
+            if not (deadline and time.monotonic() >= deadline):
+                raise
+            raise WaitTimeout(late) from exc
+        return found[0]
 
     def watch(
         self, selection: ResultFilter, min_interval: float = 1.0, max_keys: int | None = None

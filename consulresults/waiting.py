@@ -1,23 +1,27 @@
 """The process's one waiting service: every waiter of the process (``AsyncResult.get()``,
-``GroupResult.get()``, ``get_many``, ``consulresults.aio``, the CLI's ``get --wait``) is served by
-rounds on the background thread, over at most two connections, however many wait.
+``GroupResult.get()``, ``get_many``, ``consulresults.aio``, the CLI's ``get --wait``) is served
+here, over a bounded number of connections however many wait. Waiters are grouped by store
+(agent, token, datacenter and prefix); a group is served in one of three ways:
 
-A round reads every key waited on and hands each changed entry to the watches that wait on it:
+- **one key waited on** (and nothing registered): a round is one blocking read of it, on the
+  background thread. The answer comes one round trip after the store; a new waiter cuts it
+  short. Nothing is written to Consul for a lone waiter.
+- **pushed** (two keys or more): the keys are registered under the process's waiting session
+  and writers ring its doorbell as they store them (:mod:`consulresults.doorbell`,
+  :mod:`consulresults.rings`). A round registers the keys that are new (in batches, reading
+  them in the same txn), cleans up the ones no longer needed (in batches), and every
+  ``SAFETY_NET`` seconds reads every waited key once (``⌈K/128⌉`` txns), for writers that do
+  not ring (Celery's built-in backend, an earlier release, a token that may not). Between
+  rounds nothing is read: the doorbell's blocking query, on its own thread, wakes on a ring and
+  reads just the rung keys.
+- **polled** (push unavailable: the token may not register, or Consul is older than 1.14): the
+  keys are read in ``/v1/txn`` batches every ``ROUND_SECONDS``.
 
-- while one key is waited on, a round is one blocking read of it: the answer comes as soon as
-  the key changes, or after ``LONG_WAIT`` (a new waiter cuts it short, see below);
-- while several are, a round reads them all in ``/v1/txn`` batches (128 keys a request, 64
-  before Consul 1.14) every ``ROUND_SECONDS``: the cost grows with the keys waited on, never
-  with the results stored under the prefix;
-- nothing waited on, no rounds: no requests at all.
+Reads are ``default``-consistency (``stale`` if the backend is configured stale): a READY
+answer is final, and a not-ready one is read again later. Registrations read inside a writing
+txn, which is what makes them safe (see :mod:`consulresults.doorbell`).
 
-Polls are ``default``-consistency reads (``stale`` if the backend is configured stale): the
-leader answers from its state without the quorum round a ``consistent`` read costs it. That is
-safe for waiting: a READY answer is final (a result leaves a ready state only by being
-deleted), and a not-yet-ready answer is simply polled again.
-
-The service knows nothing of Celery: a :class:`Watch` decides what an entry means (the backend
-decodes it and checks its state).
+The service knows nothing of Celery: a :class:`Watch` decides what an entry means.
 """
 
 from __future__ import annotations
@@ -31,17 +35,20 @@ from typing import Any
 from . import forks
 from .background import BACKGROUND
 from .connection import Interrupt, Interrupted
+from .doorbell import Doorbell, PushUnavailable, SessionLost
 from .kv import Entry, KVStore
 
 logger = logging.getLogger(__name__)
-ROUND_SECONDS = 0.5
+ROUND_SECONDS = 0.5  # polling, where push is unavailable
+SAFETY_NET = 5.0  # pushed keys are read this often all the same
 LONG_WAIT = 10.0
-INTERRUPT_HOLDOFF = 5.0  # after cutting a long read short, poll for a while before another
+INTERRUPT_HOLDOFF = 5.0  # after cutting a long read short, no other for a while
+LINGER = 10.0  # an idle doorbell's session is destroyed this long after its last key went
 
 
 class Watch:
-    """Keys one waiter waits on. ``on_change(key, entry)`` is called (on the background
-    thread, briefly: it must not block) with each new state of a key and returns True when the
+    """Keys one waiter waits on. ``on_change(key, entry)`` is called (on a service thread,
+    briefly: it must not block) with each new state of a key and returns True when the
     waiter needs that key no more; ``on_error(exc)`` with a failed round's error."""
 
     def __init__(
@@ -73,7 +80,7 @@ class Watch:
 
 
 class _Group:
-    """The watches whose keys one transport can read (same agent, token and datacenter)."""
+    """The watches of one store (same agent, token, datacenter and prefix)."""
 
     def __init__(self, store: KVStore) -> None:
         self.store = store
@@ -84,13 +91,21 @@ class _Group:
         self.last_long: tuple[str, int] = ("", 0)  # the key last read so, and its index
         self.interrupt: Interrupt | None = None
         self.no_long_until = 0.0
+        self.push = True  # False once the token or server cannot take part: polled
+        self.doorbell: Doorbell | None = None
+        self.next_safety = 0.0
+        self.idle_since: float | None = None
 
     def keys(self) -> set[str]:
         return {key for watch in self.watches for key in watch.keys}
 
+    def busy(self) -> bool:
+        """Whether a round has work: waiters, or a doorbell still to clean up or close."""
+        return bool(self.watches) or self.doorbell is not None
+
 
 class WaitingService:
-    """Rounds of reads for every waiter of the process (see the module's docstring)."""
+    """Rounds for every waiter of the process (see the module's docstring)."""
 
     def __init__(self) -> None:
         self.reset()
@@ -100,17 +115,21 @@ class WaitingService:
         self._lock = threading.Lock()
         self._groups: dict[tuple[Any, ...], _Group] = {}
         self.rounds = 0
+        self._warned = False
 
-    def watch(self, store: KVStore, watch: Watch, read_now: bool = False) -> None:
-        """Start serving ``watch``. A waiter that has just read its keys itself leaves
-        ``read_now`` False: they are read at the next poll (within ``ROUND_SECONDS``)."""
+    def watch(self, store: KVStore, watch: Watch, keys: Iterable[str] = ()) -> None:
+        """Serve ``watch`` (and add ``keys`` to it); its new keys are read at the next round."""
+        ident = (*store.transport.identity, store.prefix)
         with self._lock:
-            group = self._groups.get(store.transport.identity)
+            new = set(keys) - watch.keys
+            watch.keys.update(new)
+            group = self._groups.get(ident)
             if group is None:
-                group = self._groups[store.transport.identity] = _Group(store)
-            group.watches.add(watch)
-            if read_now:
-                group.fresh.update(watch.keys)
+                group = self._groups[ident] = _Group(store)
+            if watch not in group.watches:
+                group.watches.add(watch)
+                new = set(watch.keys)
+            group.fresh.update(new)
             for blocking in self._groups.values():  # this group's, or another one's
                 cut_short = blocking.long_key is not None and watch.keys != {blocking.long_key}
                 if cut_short and blocking.interrupt is not None:
@@ -118,9 +137,12 @@ class WaitingService:
                     blocking.no_long_until = time.monotonic() + INTERRUPT_HOLDOFF
         BACKGROUND.wake(self)
 
-    def cancel(self, watch: Watch) -> None:
-        """Stop serving ``watch`` (it is done, timed out or cancelled)."""
+    def cancel(self, watch: Watch, keys: Iterable[str] | None = None) -> None:
+        """Stop serving ``watch`` (it is done, timed out or cancelled), or just ``keys`` of it."""
         with self._lock:
+            if keys is not None:
+                watch.keys.difference_update(keys)
+                return
             for group in self._groups.values():
                 group.watches.discard(watch)
 
@@ -128,6 +150,18 @@ class WaitingService:
         """How many keys are waited on now, over every group (for tests and benchmarks)."""
         with self._lock:
             return sum(len(group.keys()) for group in self._groups.values())
+
+    def registered_keys(self) -> int:
+        """How many keys are registered for pushes now (for tests and benchmarks)."""
+        with self._lock:
+            doors = [g.doorbell for g in self._groups.values() if g.doorbell is not None]
+        return sum(len(door.registered_keys()) for door in doors)
+
+    def doorbell_queries(self) -> int:
+        """How many queries the doorbells of this process have sent (tests, benchmarks)."""
+        with self._lock:
+            doors = [g.doorbell for g in self._groups.values() if g.doorbell is not None]
+        return sum(door.queries for door in doors)
 
     def blocking_on(self) -> str | None:
         """The key of the long blocking read in progress, if one is."""
@@ -144,21 +178,27 @@ class WaitingService:
     def round(self, until: float) -> float | None:
         """One round over every group (the background thread calls it); when the next is due."""
         with self._lock:
-            groups = [group for group in self._groups.values() if group.watches]
+            groups = [group for group in self._groups.values() if group.busy()]
         if not groups:
             return None
         self.rounds += 1
-        may_block = len(groups) == 1
+        may_block = sum(bool(group.watches) for group in groups) == 1  # others just clean up
         due = [self._round(group, until, may_block) for group in groups]
-        return min(due)
+        return min((d for d in due if d is not None), default=None)
 
-    def _round(self, group: _Group, until: float, may_block: bool) -> float:
+    def _round(self, group: _Group, until: float, may_block: bool) -> float | None:
         now = time.monotonic()
         with self._lock:
             keys = group.keys()
             fresh, group.fresh = group.fresh & keys, set()
+        door = group.doorbell
+        pushed = door is not None and not door.idle
+        if group.push and (len(keys) > 1 or pushed or (keys and not may_block)):
+            return self._push_round(group, keys, fresh, now)
+        if not keys:
+            return self._linger(group, now)
         if may_block and len(keys) == 1 and now >= group.no_long_until:
-            key = keys.pop()
+            key = next(iter(keys))
             if key in fresh:
                 group.last_long = ("", 0)  # a new waiter's key: read it now, not past an index
             return self._long_round(group, key, until)
@@ -171,6 +211,73 @@ class WaitingService:
         if to_read:
             self._read(group, sorted(to_read))
         return group.next_poll
+
+    def _push_round(self, group: _Group, keys: set[str], fresh: set[str], now: float) -> float:
+        """Register new keys, clean up old ones, and read every key once per ``SAFETY_NET``."""
+        group.idle_since = None
+        door = group.doorbell or self._open(group, now)
+        door.forget(door.registered_keys() - keys)
+        new = sorted(keys - door.registered_keys())
+        try:
+            if new:
+                self._dispatch(group, door.register(new))
+            again = sorted(fresh - set(new))  # new waiters on keys registered already
+            if again:
+                self._read(group, again)
+            cleanup = door.cleanup_due()
+            if cleanup is not None and cleanup <= now:
+                door.clean_up()
+            if now >= group.next_safety:
+                group.next_safety = now + SAFETY_NET
+                if keys - set(new):
+                    self._read(group, sorted(keys - set(new)))
+        except PushUnavailable as exc:
+            self._unpushed(group, exc)
+            return time.monotonic()
+        except SessionLost:
+            return time.monotonic()  # registered again at once, with a new session
+        except Exception as exc:
+            self._fail(group, exc)
+            return time.monotonic() + ROUND_SECONDS
+        cleanup = door.cleanup_due()
+        return min(group.next_safety, cleanup if cleanup is not None else group.next_safety)
+
+    def _open(self, group: _Group, now: float) -> Doorbell:
+        group.doorbell = Doorbell(
+            group.store,
+            on_rung=lambda entries: self._dispatch(group, entries),
+            on_lost=lambda: BACKGROUND.wake(self),
+        )
+        group.next_safety = now + SAFETY_NET
+        return group.doorbell
+
+    def _unpushed(self, group: _Group, exc: BaseException) -> None:
+        """The token or server cannot take part: poll this group from now on."""
+        if not self._warned:
+            self._warned = True
+            logger.warning(
+                "consulresults: waiting polls every %g s instead of being pushed results: %s "
+                "(consul-results doctor says what the token needs)",
+                ROUND_SECONDS,
+                exc,
+            )
+        group.push = False
+        if group.doorbell is not None:
+            group.doorbell.close()
+            group.doorbell = None
+
+    def _linger(self, group: _Group, now: float) -> float | None:
+        """No waiter: keep the doorbell's session for ``LINGER`` seconds (the next burst of
+        waiters needs no new one), then destroy it."""
+        if group.doorbell is None:
+            return None
+        if group.idle_since is None:
+            group.idle_since = now
+        if now - group.idle_since < LINGER:
+            return group.idle_since + LINGER
+        group.doorbell.close()
+        group.doorbell = None
+        return None
 
     def _read(self, group: _Group, keys: list[str]) -> None:
         try:
