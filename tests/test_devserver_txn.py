@@ -126,6 +126,21 @@ def test_limits_and_parse_errors(api, consul_prefix):  # [§8.20]
     assert no_key.json()["Errors"] == [{"OpIndex": 0, "What": "Must provide key"}]
 
 
+def test_error_texts_quote_keys_sessions_and_verbs_as_go_does(api, consul_prefix):  # [§4.4]
+    odd = consul_prefix + 'q"uo\\te\tn\u00e9\u00ad'
+    quoted = '"' + consul_prefix + 'q\\"uo\\\\te\\tn\u00e9\\u00ad"'  # Go's %q
+    session = 'not"a-session'
+    response = api.put(
+        "/v1/txn",
+        json=[kv("get", odd), kv("lock", odd, Session=session), kv('ex"plode', odd)],
+    )
+    assert response.json()["Errors"] == [
+        {"OpIndex": 0, "What": f"key {quoted} doesn't exist"},
+        {"OpIndex": 1, "What": 'invalid session "not\\"a-session"'},
+        {"OpIndex": 2, "What": 'unknown KV verb "ex\\"plode"'},
+    ]
+
+
 def test_field_names_are_case_insensitive(api, consul_prefix):
     key = consul_prefix + "ci"
     response = api.put("/v1/txn", json=[{"kv": {"verb": "set", "key": key, "value": b64(b"c")}}])

@@ -28,7 +28,7 @@ from aiohttp import web
 from .acl import AclConfig, AclNotFound, Authorizer, PermissionDenied
 from .connlimit import ConnectionLimiter
 from .faults import FaultInjector, FaultRule
-from .store import Entry, RaftWrites, Session, Store, StoreError, TxnOp
+from .store import Entry, RaftWrites, Session, Store, StoreError, TxnOp, go_quote
 from .wire import (
     ApiError,
     QueryOptions,
@@ -499,7 +499,7 @@ class ConsulApi:
         if value is not None and len(value) > self.config.kv_max_value_size:
             raise ApiError(
                 413,
-                f'Value for key "{fields.get("Key", "")}" is too large '
+                f"Value for key {go_quote(fields.get('Key') or '')} is too large "
                 f"({len(value)} > {self.config.kv_max_value_size} bytes)",
             )
         return TxnOp(

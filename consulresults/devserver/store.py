@@ -385,7 +385,7 @@ class Store:
         if not session:
             raise StoreError(500, "raft apply failed: missing session")
         if session.lower() not in self.sessions:
-            raise StoreError(500, f'raft apply failed: invalid session "{session}"')
+            raise StoreError(500, f"raft apply failed: invalid session {go_quote(session)}")
 
     def key_in_lock_delay(self, key: str) -> bool:
         until = self.lock_delays.get(key)
@@ -439,7 +439,7 @@ class Store:
             if not op.key and op.verb != "delete-tree":
                 errors.append((i, "Must provide key"))
             elif op.verb == "lock" and self.key_in_lock_delay(op.key):
-                errors.append((i, f'failed to lock key "{op.key}" due to lock delay'))
+                errors.append((i, f"failed to lock key {go_quote(op.key)} due to lock delay"))
         return errors
 
     def txn_read(self, ops: list[TxnOp]) -> tuple[list[Entry], list[tuple[int, str]]]:
@@ -472,7 +472,7 @@ class Store:
         """Apply one op; append its result entries; return an error text or None."""
         handler = _TXN_VERBS.get(op.verb) if op.verb not in self.disabled_verbs else None
         if handler is None:
-            return f'unknown KV verb "{op.verb}"'
+            return f"unknown KV verb {go_quote(op.verb)}"
         try:
             return handler(self, op, idx, results)
         except StoreError as exc:
@@ -483,19 +483,20 @@ class Store:
 
     def _op_cas(self, op: TxnOp, idx: int, results: list[Entry]) -> str | None:
         if not self._cas_matches(op.key, op.index):
-            return f'failed to set key "{op.key}", index is stale'
+            return f"failed to set key {go_quote(op.key)}, index is stale"
         return self._op_set(op, idx, results)  # type: ignore[func-returns-value]  # None: no error
 
     def _op_lock(self, op: TxnOp, idx: int, results: list[Entry]) -> str | None:
         if not self._lock(op.key, op.value, op.flags, op.session, idx):
-            return f'failed to lock key "{op.key}", lock is already held'
+            return f"failed to lock key {go_quote(op.key)}, lock is already held"
         results.append(_clone(self.entries[op.key]))
         return None
 
     def _op_unlock(self, op: TxnOp, idx: int, results: list[Entry]) -> str | None:
         if not self._unlock(op.key, op.value, op.flags, op.session, idx):
             return (
-                f'failed to unlock key "{op.key}", lock isn\'t held, or is held by another session'
+                f"failed to unlock key {go_quote(op.key)}, lock isn't held, "
+                "or is held by another session"
             )
         results.append(_clone(self.entries[op.key]))
         return None
@@ -503,7 +504,7 @@ class Store:
     def _op_get(self, op: TxnOp, idx: int, results: list[Entry]) -> str | None:
         entry = self.entries.get(op.key)
         if entry is None:
-            return f'key "{op.key}" doesn\'t exist'
+            return f"key {go_quote(op.key)} doesn't exist"
         results.append(entry)
         return None
 
@@ -519,10 +520,10 @@ class Store:
     def _op_check_index(self, op: TxnOp, idx: int, results: list[Entry]) -> str | None:
         entry = self.entries.get(op.key)
         if entry is None:
-            return f'failed to check index, key "{op.key}" doesn\'t exist'
+            return f"failed to check index, key {go_quote(op.key)} doesn't exist"
         if entry.modify_index != op.index:
             return (
-                f'failed index check for key "{op.key}", current modify index '
+                f"failed index check for key {go_quote(op.key)}, current modify index "
                 f"{entry.modify_index} != {op.index}"
             )
         results.append(_clone(entry))
@@ -531,17 +532,17 @@ class Store:
     def _op_check_session(self, op: TxnOp, idx: int, results: list[Entry]) -> str | None:
         entry = self.entries.get(op.key)
         if entry is None:
-            return f'failed to check session, key "{op.key}" doesn\'t exist'
+            return f"failed to check session, key {go_quote(op.key)} doesn't exist"
         if entry.session != op.session:
             return (
-                f'failed session check for key "{op.key}", current session '
-                f'"{entry.session}" != "{op.session}"'
+                f"failed session check for key {go_quote(op.key)}, current session "
+                f"{go_quote(entry.session)} != {go_quote(op.session)}"
             )
         results.append(_clone(entry))
         return None
 
     def _op_check_not_exists(self, op: TxnOp, idx: int, results: list[Entry]) -> str | None:
-        return f'key "{op.key}" exists' if op.key in self.entries else None
+        return f"key {go_quote(op.key)} exists" if op.key in self.entries else None
 
     def _op_delete(self, op: TxnOp, idx: int, results: list[Entry]) -> None:
         if op.key in self.entries:
@@ -552,7 +553,7 @@ class Store:
         if entry is None:
             return None
         if entry.modify_index != op.index:
-            return f'failed to delete key "{op.key}", index is stale'
+            return f"failed to delete key {go_quote(op.key)}, index is stale"
         self._write_entry(op.key, None, idx)
         return None
 
@@ -765,6 +766,37 @@ _TXN_VERBS: dict[str, Callable[[Store, TxnOp, int, list[Entry]], str | None]] = 
     "delete-cas": Store._op_delete_cas,
     "delete-tree": Store._op_delete_tree,
 }
+
+
+_GO_ESCAPES = {
+    "\a": "\\a",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\v": "\\v",
+    "\\": "\\\\",
+    '"': '\\"',
+}
+
+
+def go_quote(text: str) -> str:
+    """``text`` as Go's ``%q`` (and ``%#v``) writes a string, as Consul's error texts quote keys,
+    sessions and verbs: in double quotes, with Go's escapes for quotes, backslashes and what
+    ``unicode.IsPrint`` rejects."""
+    return '"' + "".join(_go_quoted_char(char) for char in text) + '"'
+
+
+def _go_quoted_char(char: str) -> str:
+    if char in _GO_ESCAPES:
+        return _GO_ESCAPES[char]
+    if char.isprintable():
+        return char
+    code = ord(char)
+    if code < 0x80:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def _clone(entry: Entry) -> Entry:
