@@ -3,7 +3,7 @@
 Handlers parse and validate the request in Consul's order, check ACLs, call the :class:`Store`
 and render with :mod:`.wire`. Requests are counted per endpoint and pass through fault injection
 before they reach a handler. The ``/_dev/`` control endpoints (counters, faults, node health,
-connections) are the dev server's own and are neither counted nor faulted.
+connections, tombstone reaping) are the dev server's own and are neither counted nor faulted.
 """
 
 from __future__ import annotations
@@ -680,6 +680,8 @@ class ConsulApi:
                 return json_response(
                     {"rules": self.faults.rules(), "injected": self.faults.injected}
                 )
+            if path == "/_dev/tombstones" and method == "DELETE":
+                return json_response({"reaped": self.store.reap_tombstones(max_age_s=0)})
             if path == "/_dev/node-health" and method == "PUT":
                 self.store.set_node_health(request.query.get("healthy", "true") == "true")
                 return json_response(self.store.node_healthy)

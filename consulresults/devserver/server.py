@@ -242,6 +242,11 @@ class DevServer:
         """Turn the node's serfHealth check critical (invalidating sessions that watch it)."""
         self.call(lambda: cast(Store, self.store).set_node_health(healthy))  # set by start()
 
+    def reap_tombstones(self) -> int:
+        """Reap every tombstone now, as if the tombstone TTL had passed (prefix indexes may then
+        go back); returns how many went. ``DELETE /_dev/tombstones`` does the same."""
+        return cast(int, self.call(lambda: cast(Store, self.store).reap_tombstones(max_age_s=0)))
+
 
 async def serve_forever(server: DevServer, announce: Callable[[str], None]) -> None:
     """Run ``server`` in this process's loop until SIGINT or SIGTERM, then stop cleanly."""
@@ -386,6 +391,10 @@ class DevServerProcess:
 
     def set_node_health(self, healthy: bool) -> None:
         self.control.request("PUT", f"/_dev/node-health?healthy={str(healthy).lower()}")
+
+    def reap_tombstones(self) -> int:
+        """As :meth:`DevServer.reap_tombstones`."""
+        return cast(int, self.control.request("DELETE", "/_dev/tombstones")["reaped"])
 
     def connection_stats(self) -> dict[str, Any]:
         """As :meth:`DevServer.connection_stats`; the request asking is one of the open ones."""

@@ -701,11 +701,16 @@ class Store:
             for session in watching:
                 self._invalidate(session, idx)
 
-    def reap_tombstones(self) -> None:
-        """Forget tombstones older than the tombstone TTL (prefix indexes may then go back)."""
-        cutoff = self.clock() - self.tombstone_ttl_s
-        for key in [k for k, (_, t) in self.tombstones.items() if t <= cutoff]:
+    def reap_tombstones(self, max_age_s: float | None = None) -> int:
+        """Forget tombstones older than ``max_age_s`` (default: the tombstone TTL; 0: all of
+        them); return how many. Prefix indexes may then go back. Like Consul's reaping, this
+        wakes no blocking query (its watches are on the entries, not on the tombstones)."""
+        age = self.tombstone_ttl_s if max_age_s is None else max_age_s
+        cutoff = self.clock() - age
+        doomed = [k for k, (_, t) in self.tombstones.items() if t <= cutoff]
+        for key in doomed:
             self._put_tombstone(key, None)
+        return len(doomed)
 
     # ------------------------------------------------------------------ persistence support
 
