@@ -249,17 +249,18 @@ class Store:
         self._changes.entries[key] = entry
 
     def _put_entry(self, key: str, entry: Entry | None) -> None:
-        """Place or remove an entry, keeping the sorted keys and the session→keys index."""
+        """Place or remove an entry, keeping the sorted keys and the session→keys index (by the
+        lower-cased ID, as Consul's UUID index of the entries' Session matches any case)."""
         old = self.entries.pop(key, None)
         if old is not None and old.session:
-            self.held.get(old.session, set()).discard(key)
+            self.held.get(old.session.lower(), set()).discard(key)
         if entry is None:
             self.keys.remove(key)
             return
         self.entries[key] = entry
         self.keys.add(key)
         if entry.session:
-            self.held.setdefault(entry.session, set()).add(key)
+            self.held.setdefault(entry.session.lower(), set()).add(key)
 
     def _add_tombstone(self, key: str, idx: int) -> None:
         old = self.tombstones.get(key)
