@@ -8,10 +8,10 @@ session, the keys it has registered, and the one blocking query on its doorbell.
   wake-up is lost, and no read outside a writing txn is relied on.
 - **The doorbell** is one blocking query on ``consulresults-waiting/d/<session>``, on its own
   thread, over one connection of the budget (a blocking read never takes the last one). Its
-  answer lists the rings; each ring whose index moved names a key to read, and those keys are
-  read in one txn and handed to :meth:`Doorbell.on_rung`. A session-held anchor keeps the
-  prefix from being empty (a blocking query on an empty prefix returns on unrelated writes);
-  the anchor's absence means the session is gone.
+  answer lists the rings; each ring whose index moved carries the written entry (a large value
+  is read instead, the keys in one txn), handed to :meth:`Doorbell.on_rung`. A session-held
+  anchor keeps the prefix from being empty (a blocking query on an empty prefix returns on
+  unrelated writes); the anchor's absence means the session is gone.
 - **Forgetting** a key (no waiter needs it any more) deletes its registration and its ring
   (``delete-cas`` at the ring's last seen index: never a newer ring) in batches, at most
   ``CLEANUP_DELAY`` after the first key was forgotten, so a thousand waiters served one by one
@@ -193,7 +193,11 @@ class Doorbell:
     # ------------------------------------------------------------------ the session
 
     def _open(self) -> str:
-        session = create_session(self.store.transport, session_name(self.store.prefix), SESSION_TTL)
+        name = session_name(self.store.prefix)
+        try:
+            session = create_session(self.store.transport, name, SESSION_TTL)
+        except PermissionDenied as exc:
+            raise PushUnavailable(f"the token may not create a waiting session ({exc})") from exc
         with self._lock:
             self.session, self._anchored = session, False
             self._renewal = BACKGROUND.call_later(SESSION_TTL / 2, lambda: self._renew(session))
@@ -305,7 +309,7 @@ class Doorbell:
     def _answer(self, session: str, listed: list[dict[str, Any]], seen: dict[str, int]) -> None:
         """Read the keys whose rings moved; rings of keys no longer registered are strays,
         cleaned up with the next batch."""
-        rung: list[str] = []
+        rung: dict[str, bytes | None] = {}  # rung key -> the ring's value
         with self._lock:
             for entry in listed:
                 key = self.layout.rung(session, entry["Key"])
@@ -314,7 +318,7 @@ class Doorbell:
                 seen[key] = entry["ModifyIndex"]
                 if key in self.registered:
                     self.registered[key] = entry["ModifyIndex"]
-                    rung.append(key)
+                    rung[key] = decoded(entry)["Value"]
                 else:
                     self._forgotten[key] = entry["ModifyIndex"]
                     if self._cleanup_at is None:
@@ -322,14 +326,18 @@ class Doorbell:
             present = {self.layout.rung(session, e["Key"]) for e in listed}
             for key in [k for k in seen if k not in present]:
                 del seen[key]  # deleted: a new ring of it is news, whatever its index
-        if rung:
-            self.rings += len(rung)
+        if not rung:
+            return
+        self.rings += len(rung)
+        carried = {key: rings.rung_entry(key, value) for key, value in rung.items()}
+        entries: dict[str, Entry | None] = {k: e for k, e in carried.items() if e is not None}
+        to_read = sorted(key for key, entry in carried.items() if entry is None)
+        if to_read:
             try:
-                entries = self.store.entries(rung)
+                entries.update(self.store.entries(to_read))
             except Exception as exc:  # the safety net reads them soon
                 logger.debug("consulresults: reading rung keys failed: %s", exc)
-                return
-            self.on_rung(entries)
+        self.on_rung(entries)
 
 
 def _close_all() -> None:

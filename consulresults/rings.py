@@ -13,7 +13,8 @@ by the waiting session (behaviour ``delete``), so a waiter that dies leaves noth
 session is gone. The writer rings with ``lock`` naming the waiter's session (Consul checks only
 that it exists and the token's ``key:write``): a ring for a waiter that is gone fails instead of
 leaving a key behind. Each ring's value is new (Consul skips a write that changes nothing, and
-would wake nobody).
+would wake nobody): it carries the written entry, with its value up to ``INLINE_MAX`` bytes, so
+the waiter has the result without reading it.
 
 This module knows names and operations only; the writer's side runs in
 :meth:`consulresults.kv.KVStore.write`, the waiter's in :mod:`consulresults.doorbell`.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import json
 import logging
 import os
 from collections.abc import Iterable
@@ -32,6 +34,8 @@ from .connection import PermissionDenied, Transport
 
 logger = logging.getLogger(__name__)
 WAITING_DIR = "consulresults-waiting"
+INLINE_MAX = 8192  # a ring carries a written value up to this size
+_ENTRY_FIELDS = ("CreateIndex", "ModifyIndex", "LockIndex", "Flags", "Session")
 _NONCE = itertools.count()
 
 
@@ -92,21 +96,49 @@ def lock_op(key: str, session: str, value: bytes = b"") -> dict[str, Any]:
     }
 
 
-def ring_value(index: int) -> bytes:
-    """Never the same twice: the store's index, this process and a counter."""
-    return f"{index} {os.getpid()} {next(_NONCE)}".encode()
+def ring_value(written: dict[str, Any], data: bytes) -> bytes:
+    """Never the same twice (the store's index, this process and a counter), and carrying the
+    written entry, its value included when small, so that the waiter need not read it."""
+    head = {name: written.get(name) for name in _ENTRY_FIELDS}
+    head["Nonce"] = f"{os.getpid()}-{next(_NONCE)}"
+    inline = len(data) <= INLINE_MAX
+    head["Inline"] = inline
+    return json.dumps(head).encode() + b"\n" + (data if inline else b"")
+
+
+def rung_entry(key: str, value: bytes | None) -> dict[str, Any] | None:
+    """The entry a ring carries (``Value`` the raw bytes), or None when the waiter must read
+    it (a large value, or a ring it cannot parse)."""
+    head_line, _, data = (value or b"").partition(b"\n")
+    try:
+        head = json.loads(head_line)
+    except ValueError:
+        return None
+    if not isinstance(head, dict) or not head.get("Inline"):
+        return None
+    entry = {name: head.get(name) for name in _ENTRY_FIELDS}
+    return {**entry, "Key": key, "Value": data or None}
 
 
 _denied_logged = False
 
 
-def ring(transport: Transport, layout: Layout, key: str, sessions: list[str], index: int) -> int:
-    """Ring the doorbell of each waiting session after ``key`` was written at ``index``: one
-    txn for them all; a session gone meanwhile fails its operation only, and the rest are sent
-    again once. Returns how many rang. Never raises: the store has landed, and a waiter that
-    misses a ring still finds the result through its safety net."""
+def ring(
+    transport: Transport,
+    layout: Layout,
+    key: str,
+    sessions: list[str],
+    written: dict[str, Any],
+    data: bytes,
+) -> int:
+    """Ring the doorbell of each waiting session after ``key`` was written (``written``: the
+    write's result entry; ``data``: its value): one txn for them all; a session gone meanwhile
+    fails its operation only, and the rest are sent again once. Returns how many rang. Never
+    raises: the store has landed, and a waiter that misses a ring still finds the result
+    through its safety net."""
     global _denied_logged
-    ops = [lock_op(layout.ring(s, key), s, ring_value(index)) for s in sessions]
+    value = ring_value(written, data)
+    ops = [lock_op(layout.ring(s, key), s, value) for s in sessions]
     for _ in range(2):
         try:
             answer = transport.txn(ops)

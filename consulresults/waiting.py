@@ -64,7 +64,9 @@ class Watch:
         self.reads = 0  # rounds that read its keys: failures between two are consecutive
 
     def offer(self, key: str, entry: Entry | None) -> None:
-        if entry is None or self._seen.get(key) == entry["ModifyIndex"]:
+        """Take a state of ``key``, unless it is one seen already or older (Raft's indexes
+        only grow, and a ring may come after a later read)."""
+        if entry is None or entry["ModifyIndex"] <= self._seen.get(key, -1):
             return
         self._seen[key] = entry["ModifyIndex"]
         try:
@@ -142,9 +144,12 @@ class WaitingService:
         with self._lock:
             if keys is not None:
                 watch.keys.difference_update(keys)
-                return
-            for group in self._groups.values():
-                group.watches.discard(watch)
+            else:
+                for group in self._groups.values():
+                    group.watches.discard(watch)
+            pushed = any(g.doorbell is not None for g in self._groups.values())
+        if pushed:
+            BACKGROUND.wake(self)  # its registrations are cleaned up with the next batch
 
     def watched_keys(self) -> int:
         """How many keys are waited on now, over every group (for tests and benchmarks)."""
