@@ -1,13 +1,17 @@
-"""The dev server as a process: the command, persistence across SIGKILL, remote control."""
+"""The dev server as a process: the command, persistence across SIGKILL, remote control, and a
+stop that cuts off blocking reads as an agent's does (docs/consul-api.md §1.6, tagged [§N])."""
 
 from __future__ import annotations
 
 import os
 import signal
 import socket
+import threading
+import time
 
 import pytest
-from conftest import Api, run_cli
+import requests
+from conftest import Api, run_cli, wait_until
 
 from consulresults.devserver import DevServerProcess
 from consulresults.pytest_plugin import REAL_AGENT_SKIP, external_consul
@@ -21,6 +25,30 @@ def test_command_announces_its_address_and_stops_on_sigterm():
         assert Api(server.url).get("/v1/status/leader").status_code == 200
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(timeout=10) == 0
+
+
+def test_a_stop_cuts_off_blocking_reads_after_a_second():  # [§1.6]
+    with DevServerProcess() as server:
+        api = Api(server.url)
+        api.put("/v1/kv/watched", b"1")
+        index = api.get("/v1/kv/watched").headers["X-Consul-Index"]
+        cut_off = []
+
+        def blocking_read() -> None:
+            try:
+                api.get(f"/v1/kv/watched?index={index}&wait=60s")
+            except requests.ConnectionError:
+                cut_off.append(True)
+
+        reader = threading.Thread(target=blocking_read)
+        reader.start()
+        wait_until(lambda: server.counters().get("kv.get", 0) == 2, 10, "the blocking read")
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=10) == 0
+        assert time.monotonic() - started < 5
+        reader.join(timeout=10)
+        assert cut_off == [True]
 
 
 def test_busy_port_is_refused_with_one_clear_line():

@@ -31,6 +31,9 @@ from .store import Store
 TICK_SECONDS = 0.05
 MAX_HEADER_BYTES = 1 << 20
 TOMBSTONE_REAP_SECONDS = 10.0
+# what a stop gives requests still running (blocking queries) before they are cut off: Consul's
+# agent gives each HTTP server one second (Agent.ShutdownEndpoints)
+SHUTDOWN_SECONDS = 1.0
 
 
 class DevServer:
@@ -126,6 +129,7 @@ class DevServer:
             api.make_app(),
             access_log=None,
             handle_signals=False,
+            shutdown_timeout=SHUTDOWN_SECONDS,
             # Consul (Go) accepts up to 1 MiB of request line and headers (max_header_bytes)
             max_line_size=MAX_HEADER_BYTES,
             max_field_size=MAX_HEADER_BYTES,
@@ -181,6 +185,7 @@ class DevServer:
             ready.set()
             self._loop.run_forever()
             self._loop.run_until_complete(self.stop_async())
+            _finish_tasks(self._loop)
             self._loop.close()
 
         self._thread = threading.Thread(target=run, name="consul-dev-server", daemon=True)
@@ -246,6 +251,21 @@ class DevServer:
         """Reap every tombstone now, as if the tombstone TTL had passed (prefix indexes may then
         go back); returns how many went. ``DELETE /_dev/tombstones`` does the same."""
         return cast(int, self.call(lambda: cast(Store, self.store).reap_tombstones(max_age_s=0)))
+
+
+def _finish_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what a stop left running (requests cut off after SHUTDOWN_SECONDS) and let it end,
+    as ``asyncio.run`` does, so that closing the loop destroys no pending task."""
+    pending = asyncio.all_tasks(loop)
+    if not pending:
+        return
+    for task in pending:
+        task.cancel()
+
+    async def ended() -> None:
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    loop.run_until_complete(ended())
 
 
 async def serve_forever(server: DevServer, announce: Callable[[str], None]) -> None:
