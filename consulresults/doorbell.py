@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 SESSION_TTL = 60
 DOORBELL_WAIT = 60.0
 CLEANUP_DELAY = 1.0
-CLEANUP_BATCH = 64
+CLEANUP_BATCH = 16  # the doorbell's answer lists every ring not cleaned up: keep it short
 RETRY_PAUSE = (0.2, 5.0)  # the doorbell's pause after a failed query, first and longest
 _OPEN: weakref.WeakSet[Doorbell] = weakref.WeakSet()
 
@@ -147,14 +147,19 @@ class Doorbell:
 
     # ------------------------------------------------------------------ forgetting
 
-    def forget(self, keys: set[str]) -> None:
-        """No waiter needs these keys any more: clean them up with the next batch."""
+    def forget(self, keys: set[str]) -> bool:
+        """No waiter needs these keys any more: clean them up with the next batch. True when
+        this started a batch (a round is then due at :meth:`cleanup_due`)."""
         with self._lock:
             for key in keys:
                 if key in self.registered:
                     self._forgotten[key] = self.registered.pop(key)
+            if len(self._forgotten) == CLEANUP_BATCH:
+                return True
             if self._forgotten and self._cleanup_at is None:
                 self._cleanup_at = time.monotonic() + CLEANUP_DELAY
+                return True
+            return False
 
     def cleanup_due(self) -> float | None:
         """When the forgotten keys are to be cleaned up (None: there are none)."""
@@ -172,8 +177,9 @@ class Doorbell:
         if session is None or not forgotten:
             return
         items = sorted(forgotten.items())
-        for pos in range(0, len(items), self.store.txn_ops // 2):
-            self._delete(session, items[pos : pos + self.store.txn_ops // 2])
+        per_txn = self.store.txn_ops // 2
+        for pos in range(0, len(items), per_txn):
+            self._delete(session, items[pos : pos + per_txn])
 
     def _delete(self, session: str, items: list[tuple[str, int]]) -> None:
         ops: list[dict[str, Any]] = []

@@ -22,19 +22,26 @@ This module knows names and operations only; the writer's side runs in
 
 from __future__ import annotations
 
+import atexit
 import base64
 import itertools
 import json
 import logging
 import os
+import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
+from . import forks
 from .connection import PermissionDenied, Transport
 
 logger = logging.getLogger(__name__)
 WAITING_DIR = "consulresults-waiting"
 INLINE_MAX = 8192  # a ring carries a written value up to this size
+BATCH_OPS = 64
+BATCH_BYTES = 256 * 1024  # of base64 values a ring txn, well under Consul's txn_max_req_len
+IDLE_SECONDS = 5.0  # the ringer's thread ends after this long without rings
 _ENTRY_FIELDS = ("CreateIndex", "ModifyIndex", "LockIndex", "Flags", "Session")
 _NONCE = itertools.count()
 
@@ -120,7 +127,72 @@ def rung_entry(key: str, value: bytes | None) -> dict[str, Any] | None:
     return {**entry, "Key": key, "Value": data or None}
 
 
-_denied_logged = False
+class Ringer:
+    """Sends the process's rings from a thread of its own, so that a store returns as soon as
+    it has landed: rings queued while one txn is on its way go out together in the next (group
+    commit, nothing waits to fill a batch), a later ring of a key replacing an earlier one. The
+    thread starts when needed and ends when idle; a forked child starts with an empty queue.
+    Rings still queued when a process dies are lost: its waiters read those results at their
+    next safety-net round."""
+
+    def __init__(self) -> None:
+        self.reset()
+        forks.reset_in_forked_child(self)
+
+    def reset(self) -> None:
+        self._cond = threading.Condition()
+        self._queue: dict[tuple[Any, ...], tuple[Transport, dict[str, dict[str, Any]]]] = {}
+        self._thread: threading.Thread | None = None
+        self.sent = 0  # ring txns sent, for tests and benchmarks
+
+    def submit(self, transport: Transport, ops: list[dict[str, Any]]) -> None:
+        with self._cond:
+            queued = self._queue.setdefault(transport.identity, (transport, {}))[1]
+            for op in ops:
+                queued[op["KV"]["Key"]] = op
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="consulresults-rings", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._queue:
+                    self._cond.wait(IDLE_SECONDS)
+                if not self._queue:
+                    self._thread = None
+                    return
+                queue, self._queue = self._queue, {}
+            for transport, ops in queue.values():
+                for batch in _batches(list(ops.values())):
+                    self.sent += 1
+                    send(transport, batch)
+
+    def flush(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the queue to be sent (a process on its way out)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._cond:
+                if not self._queue:
+                    return
+            time.sleep(0.01)
+
+
+def _batches(ops: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Ops in txns of at most ``BATCH_OPS`` operations and about ``BATCH_BYTES`` of values."""
+    batches: list[list[dict[str, Any]]] = [[]]
+    size = 0
+    for op in ops:
+        length = len(op["KV"]["Value"])
+        if batches[-1] and (len(batches[-1]) >= BATCH_OPS or size + length > BATCH_BYTES):
+            batches.append([])
+            size = 0
+        batches[-1].append(op)
+        size += length
+    return batches
 
 
 def ring(
@@ -130,15 +202,21 @@ def ring(
     sessions: list[str],
     written: dict[str, Any],
     data: bytes,
-) -> int:
+) -> None:
     """Ring the doorbell of each waiting session after ``key`` was written (``written``: the
-    write's result entry; ``data``: its value): one txn for them all; a session gone meanwhile
-    fails its operation only, and the rest are sent again once. Returns how many rang. Never
-    raises: the store has landed, and a waiter that misses a ring still finds the result
-    through its safety net."""
-    global _denied_logged
+    write's result entry; ``data``: its value), from the process's ringer."""
     value = ring_value(written, data)
-    ops = [lock_op(layout.ring(s, key), s, value) for s in sessions]
+    RINGER.submit(transport, [lock_op(layout.ring(s, key), s, value) for s in sessions])
+
+
+_denied_logged = False
+
+
+def send(transport: Transport, ops: list[dict[str, Any]]) -> int:
+    """One txn of rings; a session gone meanwhile fails its operation only, and the rest are
+    sent again once. Returns how many rang. Never raises: the stores have landed, and a waiter
+    that misses a ring still finds the result through its safety net."""
+    global _denied_logged
     for _ in range(2):
         try:
             answer = transport.txn(ops)
@@ -148,13 +226,13 @@ def ring(
                 logger.warning(
                     "consulresults: this token may not ring waiters' doorbells (%s): results "
                     "reach waiters of other processes through their safety net, within 5 s; "
-                    "grant key:write on %s/",
+                    "grant key:write on the waiting directory, %s/",
                     exc,
-                    layout.root,
+                    WAITING_DIR,
                 )
             return 0
         except Exception as exc:
-            logger.debug("consulresults: ringing waiters of %s failed: %s", key, exc)
+            logger.debug("consulresults: ringing waiters failed: %s", exc)
             return 0
         if answer.applied:
             return len(ops)
@@ -163,3 +241,7 @@ def ring(
         if not ops:
             return 0
     return 0
+
+
+RINGER = Ringer()
+atexit.register(lambda: RINGER.flush(1.0))

@@ -62,6 +62,7 @@ class Watch:
         self._on_error = on_error
         self._seen: dict[str, int] = {}
         self.reads = 0  # rounds that read its keys: failures between two are consecutive
+        self.indexed: set[str] = set()  # the keys its group finds it under
 
     def offer(self, key: str, entry: Entry | None) -> None:
         """Take a state of ``key``, unless it is one seen already or older (Raft's indexes
@@ -87,6 +88,7 @@ class _Group:
     def __init__(self, store: KVStore) -> None:
         self.store = store
         self.watches: set[Watch] = set()
+        self.index: dict[str, set[Watch]] = {}  # key -> the watches that wait on it
         self.fresh: set[str] = set()  # keys to read at the next round, not at the next poll
         self.next_poll = 0.0
         self.long_key: str | None = None  # the key of a long blocking read in progress
@@ -100,6 +102,25 @@ class _Group:
 
     def keys(self) -> set[str]:
         return {key for watch in self.watches for key in watch.keys}
+
+    def add(self, watch: Watch, keys: Iterable[str]) -> None:
+        self.watches.add(watch)
+        for key in keys:
+            self.index.setdefault(key, set()).add(watch)
+        watch.indexed.update(keys)
+
+    def remove(self, watch: Watch) -> set[str]:
+        """Stop serving ``watch``; the keys no other watch waits on."""
+        self.watches.discard(watch)
+        gone = set()
+        for key in watch.indexed:
+            watching = self.index.get(key, set())
+            watching.discard(watch)
+            if not watching:
+                self.index.pop(key, None)
+                gone.add(key)
+        watch.indexed = set()
+        return gone
 
     def busy(self) -> bool:
         """Whether a round has work: waiters, or a doorbell still to clean up or close."""
@@ -129,8 +150,8 @@ class WaitingService:
             if group is None:
                 group = self._groups[ident] = _Group(store)
             if watch not in group.watches:
-                group.watches.add(watch)
                 new = set(watch.keys)
+            group.add(watch, new)
             group.fresh.update(new)
             for blocking in self._groups.values():  # this group's, or another one's
                 cut_short = blocking.long_key is not None and watch.keys != {blocking.long_key}
@@ -144,12 +165,12 @@ class WaitingService:
         with self._lock:
             if keys is not None:
                 watch.keys.difference_update(keys)
-            else:
-                for group in self._groups.values():
-                    group.watches.discard(watch)
-            pushed = any(g.doorbell is not None for g in self._groups.values())
-        if pushed:
-            BACKGROUND.wake(self)  # its registrations are cleaned up with the next batch
+                return
+            owners = [g for g in self._groups.values() if watch in g.watches]
+            gone = [(g.doorbell, g.remove(watch)) for g in owners]
+        # keys nobody waits on any more are cleaned up with the next batch: a round then
+        if any(door is not None and door.forget(keys) for door, keys in gone):
+            BACKGROUND.wake(self)
 
     def watched_keys(self) -> int:
         """How many keys are waited on now, over every group (for tests and benchmarks)."""
@@ -321,7 +342,8 @@ class WaitingService:
 
     def _dispatch(self, group: _Group, entries: dict[str, Entry | None]) -> None:
         with self._lock:
-            for watch in list(group.watches):
+            watching = {w for key in entries for w in group.index.get(key, ())}
+            for watch in watching:
                 read = [key for key in watch.keys if key in entries]
                 watch.reads += bool(read)
                 for key in read:
@@ -329,7 +351,7 @@ class WaitingService:
                         watch.offer(key, entries[key])
                     except Exception:  # one broken waiter must not cost the others their news
                         logger.exception("consulresults: a waiter failed to take its result")
-                        group.watches.discard(watch)
+                        group.remove(watch)
 
     def _fail(self, group: _Group, exc: BaseException) -> None:
         with self._lock:
