@@ -311,7 +311,9 @@ def doctor(conn: Connection) -> None:
         described = describe_error(check.error, where) if check.error else None
         if described:
             detail, code = described
-        typer.echo(f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {detail}")
-        if not check.ok and first_failure == EXIT_OK:
+        # a check results do not need (pushed waiting) warns: waiting works, slower
+        mark = "ok  " if check.ok else "FAIL" if check.required else "warn"
+        typer.echo(f"{mark} {check.name}: {detail}")
+        if not check.ok and check.required and first_failure == EXIT_OK:
             first_failure = code
     raise typer.Exit(first_failure)
