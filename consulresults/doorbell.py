@@ -8,8 +8,8 @@ session, the keys it has registered, and the one blocking query on its doorbell.
   wake-up is lost, and no read outside a writing txn is relied on.
 - **The doorbell** is one blocking query on ``consulresults-waiting/d/<session>``, on its own
   thread, over one connection of the budget (a blocking read never takes the last one). Its
-  answer lists the rings; each ring whose index moved carries the written entry (a large value
-  is read instead, the keys in one txn), handed to :meth:`Doorbell.on_rung`. A session-held
+  answer lists the rings; each ring whose index moved names a key to read, and those keys are
+  read in one txn and handed to :meth:`Doorbell.on_rung`. A session-held
   anchor keeps the prefix from being empty (a blocking query on an empty prefix returns on
   unrelated writes); the anchor's absence means the session is gone.
 - **Forgetting** a key (no waiter needs it any more) deletes its registration and its ring
@@ -179,7 +179,17 @@ class Doorbell:
         items = sorted(forgotten.items())
         per_txn = self.store.txn_ops // 2
         for pos in range(0, len(items), per_txn):
-            self._delete(session, items[pos : pos + per_txn])
+            try:
+                self._delete(session, items[pos : pos + per_txn])
+            except PushUnavailable:
+                raise
+            except Exception as exc:  # no waiter's business: tried again with the next batch
+                logger.debug("consulresults: cleaning up waiting keys failed: %s", exc)
+                with self._lock:
+                    if self.session == session:
+                        self._forgotten.update(dict(items[pos:]))
+                        self._cleanup_at = time.monotonic() + CLEANUP_DELAY
+                return
 
     def _delete(self, session: str, items: list[tuple[str, int]]) -> None:
         ops: list[dict[str, Any]] = []
@@ -315,7 +325,7 @@ class Doorbell:
     def _answer(self, session: str, listed: list[dict[str, Any]], seen: dict[str, int]) -> None:
         """Read the keys whose rings moved; rings of keys no longer registered are strays,
         cleaned up with the next batch."""
-        rung: dict[str, bytes | None] = {}  # rung key -> the ring's value
+        rung: list[str] = []
         with self._lock:
             for entry in listed:
                 key = self.layout.rung(session, entry["Key"])
@@ -324,7 +334,7 @@ class Doorbell:
                 seen[key] = entry["ModifyIndex"]
                 if key in self.registered:
                     self.registered[key] = entry["ModifyIndex"]
-                    rung[key] = decoded(entry)["Value"]
+                    rung.append(key)
                 else:
                     self._forgotten[key] = entry["ModifyIndex"]
                     if self._cleanup_at is None:
@@ -335,14 +345,11 @@ class Doorbell:
         if not rung:
             return
         self.rings += len(rung)
-        carried = {key: rings.rung_entry(key, value) for key, value in rung.items()}
-        entries: dict[str, Entry | None] = {k: e for k, e in carried.items() if e is not None}
-        to_read = sorted(key for key, entry in carried.items() if entry is None)
-        if to_read:
-            try:
-                entries.update(self.store.entries(to_read))
-            except Exception as exc:  # the safety net reads them soon
-                logger.debug("consulresults: reading rung keys failed: %s", exc)
+        try:
+            entries = self.store.entries(rung)
+        except Exception as exc:  # the safety net reads them soon
+            logger.debug("consulresults: reading rung keys failed: %s", exc)
+            return
         self.on_rung(entries)
 
 

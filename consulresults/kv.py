@@ -327,7 +327,7 @@ class KVStore:
         index = results[-1]["KV"]["ModifyIndex"]
         waiting = rings.waiting_sessions(self.waiting, key, results)
         if waiting:
-            rings.ring(self.transport, self.waiting, key, waiting, results[-1]["KV"], data)
+            rings.ring(self.transport, self.waiting, key, waiting, index)
         with self._known_lock:
             self._known[key] = (index, session or "", final)
             self._known.move_to_end(key)

@@ -13,8 +13,8 @@ by the waiting session (behaviour ``delete``), so a waiter that dies leaves noth
 session is gone. The writer rings with ``lock`` naming the waiter's session (Consul checks only
 that it exists and the token's ``key:write``): a ring for a waiter that is gone fails instead of
 leaving a key behind. Each ring's value is new (Consul skips a write that changes nothing, and
-would wake nobody): it carries the written entry, with its value up to ``INLINE_MAX`` bytes, so
-the waiter has the result without reading it.
+would wake nobody). A ring names the written key and carries no result: the waiter reads it,
+so the right to ring (``key:write`` on the doorbells, which every waiter has) cannot forge one.
 
 This module knows names and operations only; the writer's side runs in
 :meth:`consulresults.kv.KVStore.write`, the waiter's in :mod:`consulresults.doorbell`.
@@ -25,7 +25,6 @@ from __future__ import annotations
 import atexit
 import base64
 import itertools
-import json
 import logging
 import os
 import threading
@@ -38,11 +37,8 @@ from .connection import PermissionDenied, Transport
 
 logger = logging.getLogger(__name__)
 WAITING_DIR = "consulresults-waiting"
-INLINE_MAX = 8192  # a ring carries a written value up to this size
 BATCH_OPS = 64
-BATCH_BYTES = 256 * 1024  # of base64 values a ring txn, well under Consul's txn_max_req_len
 IDLE_SECONDS = 5.0  # the ringer's thread ends after this long without rings
-_ENTRY_FIELDS = ("CreateIndex", "ModifyIndex", "LockIndex", "Flags", "Session")
 _NONCE = itertools.count()
 
 
@@ -103,28 +99,10 @@ def lock_op(key: str, session: str, value: bytes = b"") -> dict[str, Any]:
     }
 
 
-def ring_value(written: dict[str, Any], data: bytes) -> bytes:
-    """Never the same twice (the store's index, this process and a counter), and carrying the
-    written entry, its value included when small, so that the waiter need not read it."""
-    head = {name: written.get(name) for name in _ENTRY_FIELDS}
-    head["Nonce"] = f"{os.getpid()}-{next(_NONCE)}"
-    inline = len(data) <= INLINE_MAX
-    head["Inline"] = inline
-    return json.dumps(head).encode() + b"\n" + (data if inline else b"")
-
-
-def rung_entry(key: str, value: bytes | None) -> dict[str, Any] | None:
-    """The entry a ring carries (``Value`` the raw bytes), or None when the waiter must read
-    it (a large value, or a ring it cannot parse)."""
-    head_line, _, data = (value or b"").partition(b"\n")
-    try:
-        head = json.loads(head_line)
-    except ValueError:
-        return None
-    if not isinstance(head, dict) or not head.get("Inline"):
-        return None
-    entry = {name: head.get(name) for name in _ENTRY_FIELDS}
-    return {**entry, "Key": key, "Value": data or None}
+def ring_value(index: int) -> bytes:
+    """Never the same twice: the written index, this process and a counter. A ring carries no
+    result: the waiter reads the key, so a token that may only ring cannot forge one."""
+    return f"{index} {os.getpid()} {next(_NONCE)}".encode()
 
 
 class Ringer:
@@ -182,17 +160,8 @@ class Ringer:
 
 
 def _batches(ops: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """Ops in txns of at most ``BATCH_OPS`` operations and about ``BATCH_BYTES`` of values."""
-    batches: list[list[dict[str, Any]]] = [[]]
-    size = 0
-    for op in ops:
-        length = len(op["KV"]["Value"])
-        if batches[-1] and (len(batches[-1]) >= BATCH_OPS or size + length > BATCH_BYTES):
-            batches.append([])
-            size = 0
-        batches[-1].append(op)
-        size += length
-    return batches
+    """Ops in txns of at most ``BATCH_OPS`` operations."""
+    return [ops[pos : pos + BATCH_OPS] for pos in range(0, len(ops), BATCH_OPS)]
 
 
 def ring(
@@ -200,12 +169,11 @@ def ring(
     layout: Layout,
     key: str,
     sessions: list[str],
-    written: dict[str, Any],
-    data: bytes,
+    index: int,
 ) -> None:
-    """Ring the doorbell of each waiting session after ``key`` was written (``written``: the
-    write's result entry; ``data``: its value), from the process's ringer."""
-    value = ring_value(written, data)
+    """Ring the doorbell of each waiting session after ``key`` was written at ``index``, from
+    the process's ringer."""
+    value = ring_value(index)
     RINGER.submit(transport, [lock_op(layout.ring(s, key), s, value) for s in sessions])
 
 
@@ -223,12 +191,13 @@ def send(transport: Transport, ops: list[dict[str, Any]]) -> int:
         except PermissionDenied as exc:
             if not _denied_logged:
                 _denied_logged = True
+                doorbells = ops[0]["KV"]["Key"].rsplit("/d/", 1)[0] + "/d/"
                 logger.warning(
                     "consulresults: this token may not ring waiters' doorbells (%s): results "
                     "reach waiters of other processes through their safety net, within 5 s; "
-                    "grant key:write on the waiting directory, %s/",
+                    "grant key:write on %s",
                     exc,
-                    WAITING_DIR,
+                    doorbells,
                 )
             return 0
         except Exception as exc:

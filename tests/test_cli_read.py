@@ -205,6 +205,8 @@ def test_doctor_passes_on_a_working_setup(cli):
         "ok   write the prefix",
         "ok   create sessions",
         "ok   connection budget",
+        "ok   pushed waiting (waiter)",
+        "ok   pushed waiting (writer)",
         "ok   result_expires",
     ]
     assert "renewed once" in lines[-1] and "no cleanup needed" in lines[-1]  # Celery's 1 day

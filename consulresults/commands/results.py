@@ -56,7 +56,7 @@ def get(
     raw: Annotated[bool, typer.Option("--raw", help="Print the stored value as it is.")] = False,
     wait: Annotated[
         bool,
-        typer.Option("--wait", help="Wait (Consul blocking queries) until each task is ready."),
+        typer.Option("--wait", help="Wait until each task is ready (results are pushed)."),
     ] = False,
     timeout: Annotated[
         float | None,
@@ -64,7 +64,7 @@ def get(
             "--timeout",
             metavar="SECONDS",
             min=0,
-            help="Give up waiting after this long (exit 75).",
+            help="Give up waiting after this long (exit 75); 0: one read.",
         ),
     ] = None,
     output: OutputOption = None,
