@@ -84,7 +84,7 @@ from celery import Celery, states
 from wait_scale import Control  # the dev server's control API on one connection of its own
 
 from consulresults.devserver import DevServerProcess
-from consulresults.waiting import WAITING
+from consulresults.waiting import LINGER, WAITING
 
 IP = "127.0.0.1"
 OURS, BUILTIN, REDIS = "consulresults", "builtin", "redis"
@@ -416,6 +416,17 @@ def until_waiting(kind: str, waiters: Waiters, baseline: int) -> tuple[bool, flo
     return ready, took
 
 
+def settled(k: int) -> None:
+    """Before the idle window: this round's keys registered (K >= 2), and earlier rounds'
+    doorbells, which linger after their last waiter (waiting.LINGER), closed."""
+    deadline = time.monotonic() + LINGER + READY_TIMEOUT
+    doorbells = 1 if k > 1 else 0
+    while time.monotonic() < deadline and (
+        WAITING.open_doorbells() > doorbells or (k > 1 and WAITING.registered_keys() < k)
+    ):
+        time.sleep(0.05)
+
+
 def idle_rate(server: Control, seconds: float) -> dict[str, Any]:
     """Requests/s at the dev server while the waiters wait and nothing changes, by endpoint."""
     server.reset_counters()
@@ -454,6 +465,7 @@ def run_round(kind: str, k: int, servers: Servers, args: argparse.Namespace, rep
         if not ready:
             figures["notes"].append(f"not all {k} waiting within {READY_TIMEOUT:g} s")
         if kind == OURS:
+            settled(k)
             figures["idle"] = idle_rate(servers.consul, args.idle_window)
         figures["connections"] = servers.peak_connections(kind)
         if kind != REDIS:

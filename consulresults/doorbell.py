@@ -45,8 +45,8 @@ from .expiry import create_session
 from .kv import Entry, KVStore, decoded
 
 logger = logging.getLogger(__name__)
-SESSION_TTL = 60
-DOORBELL_WAIT = 60.0
+SESSION_TTL = 120
+DOORBELL_WAIT = 300.0  # Consul's default max_query_time: a longer wait is cut to it
 CLEANUP_DELAY = 1.0
 CLEANUP_BATCH = 16  # the doorbell's answer lists every ring not cleaned up: keep it short
 RETRY_PAUSE = (0.2, 5.0)  # the doorbell's pause after a failed query, first and longest

@@ -183,6 +183,11 @@ class WaitingService:
             doors = [g.doorbell for g in self._groups.values() if g.doorbell is not None]
         return sum(len(door.registered_keys()) for door in doors)
 
+    def open_doorbells(self) -> int:
+        """How many doorbells are open (lingering ones included), for tests and benchmarks."""
+        with self._lock:
+            return sum(g.doorbell is not None for g in self._groups.values())
+
     def doorbell_queries(self) -> int:
         """How many queries the doorbells of this process have sent (tests, benchmarks)."""
         with self._lock:
