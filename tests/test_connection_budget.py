@@ -119,10 +119,10 @@ def test_one_background_thread_gone_when_nothing_is_left_to_do(consul_server, co
 
 
 def test_an_old_connection_is_not_kept(consul_server, monkeypatch):
-    from consulresults import connection
+    from consulresults import pool
 
     transport = transport_for(consul_server, idle_timeout=6.5)
-    monkeypatch.setattr(connection, "MAX_AGE", 0.0)
+    monkeypatch.setattr(pool, "MAX_AGE", 0.0)
     transport.request("GET", "/v1/status/leader")
     assert transport.pool.stats()["idle"] == 0  # closed when given back
 
@@ -134,14 +134,14 @@ def test_a_request_that_ends_past_the_age_leaves_the_close_to_the_agent(
     request asks the agent to close it, so the TIME_WAIT is the agent's, not ours. (An agent of
     its own: on the shared one, another test's refusals would put this process under pressure,
     where the connection is given back at once.)"""
-    from consulresults import connection
+    from consulresults import pool
 
     server = consul_dev_server_factory()
     transport = transport_for(server)
     key = "/v1/kv/aged"
     transport.request("PUT", key, body="x")
     index = transport.request("GET", key).index
-    monkeypatch.setattr(connection, "MAX_AGE", 0.3)
+    monkeypatch.setattr(pool, "MAX_AGE", 0.3)
     fresh = transport_for(server, max_connections=3)  # a pool of its own, none open
     fresh.request("GET", key, params=[("index", str(index)), ("wait", "1s")], long=True)
     assert fresh.pool.stats()["idle"] == 1  # older than MAX_AGE now, but not closed by us
@@ -189,9 +189,9 @@ def test_a_store_rides_out_the_agents_connection_limit(
     pool = app.backend.transport.pool
     assert pool.stats()["cap"] < pool.limit  # the process uses fewer for a while
     assert pool.pressed()
-    from consulresults import connection
+    from consulresults import pool as pools
 
-    monkeypatch.setattr(connection, "PRESSED_LEASE", 0.0)
+    monkeypatch.setattr(pools, "PRESSED_LEASE", 0.0)
     app.backend.get_task_meta("limited-1")  # its lease is over: the agent closes it
     assert pool.stats()["idle"] == 0  # a slot held only while a request is in flight
     for sock in held:
@@ -205,7 +205,7 @@ def test_every_process_of_the_host_feels_a_refusal(
     file of this user's), so they give their slots back after a short lease too."""
     import tempfile
 
-    from consulresults import connection
+    from consulresults import connection, pool
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the pressure file: not /tmp's
 
@@ -219,7 +219,7 @@ def test_every_process_of_the_host_feels_a_refusal(
         refused.request("GET", "/v1/status/leader")
     assert failure.value.status == 429
     assert holder.pool.pressed()
-    monkeypatch.setattr(connection, "PRESSED_LEASE", 0.0)
+    monkeypatch.setattr(pool, "PRESSED_LEASE", 0.0)
     holder.request("GET", "/v1/status/leader")  # its lease is over: the agent closes it
     assert holder.pool.stats()["idle"] == 0
     for sock in held:
@@ -266,3 +266,57 @@ def test_those_refused_longest_ask_most_often():
     assert min(early) >= 0 and max(early) <= 0.25 and max(early) > 0.1
     assert min(late) >= 0 and max(late) <= 0.1
     assert max(pushback_delay(25.0) for _ in range(2000)) <= 0.1
+
+
+def test_a_burst_beyond_the_budget_queues_instead_of_failing(consul_dev_server_factory):
+    """200 callers on 2 connections, each request 50 ms at the server: the last one waits
+    about 5 s for its turn, far past its 1 s request timeout, and still gets it (the queue is
+    bounded by the patience, not by one request timeout)."""
+    server = consul_dev_server_factory()
+    transport = transport_for(server, max_connections=2, timeout=1)
+    server.faults.delay(0.05, count=200)
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            transport.request("GET", "/v1/kv/burst", expect=(200, 404))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read) for _ in range(200)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert transport.pool.stats()["peak"] <= 2
+
+
+def test_connections_go_to_requests_in_arrival_order(consul_dev_server_factory):
+    """Two connections (the least), a slow agent: requests queued one after another get them in
+    that order (a connection given back wakes the first in the queue, not whoever is
+    quickest)."""
+    server = consul_dev_server_factory()
+    transport = transport_for(server, max_connections=2)
+    server.faults.delay(0.05, count=20)
+    served: list[int] = []
+
+    def read(n: int) -> None:
+        transport.request("GET", "/v1/kv/order", expect=(200, 404))
+        served.append(n)
+
+    def arrived(stats: dict[str, int]) -> int:
+        return stats["open"] - stats["idle"] + stats["queued"] + len(served)
+
+    threads = []
+    for n in range(10):
+        threads.append(threading.Thread(target=read, args=(n,)))
+        threads[-1].start()
+        # the next one arrives once this one holds the connection or waits in the queue
+        wait_until(lambda n=n: arrived(transport.pool.stats()) >= n + 1, 30, f"request {n} in")
+    for thread in threads:
+        thread.join(60)
+    # two at a time: each pair finishes before the next pair, in whichever order within it
+    assert [sorted(served[i : i + 2]) for i in range(0, 10, 2)] == [
+        [i, i + 1] for i in range(0, 10, 2)
+    ]

@@ -1,0 +1,81 @@
+"""Consul's answers as the transport hands them on: the decoded response, a txn's answer,
+and which failures are transient. No I/O here."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .exceptions import ConsulError, ConsulTimeout, ConsulUnreachable, PermissionDenied
+
+_E = TypeVar("_E", bound=BaseException)
+
+
+def compatible(cls: type[_E]) -> type[_E]:
+    """The class to raise for ``cls``: also the python-consul2 or requests exception that
+    Celery's built-in backend raises for the same failure."""
+    from .compat import COMPATIBLE
+
+    return COMPATIBLE[cls]  # type: ignore[return-value]
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failure may go away by itself: a lost connection, a time-out, a 429 or 5xx.
+    Every retry decision in the package asks this one question."""
+    if isinstance(exc, (ConsulUnreachable, ConsulTimeout)):
+        return True
+    return isinstance(exc, ConsulError) and exc.transient
+
+
+@dataclass
+class Response:
+    """Status, headers and decoded JSON (or the text, or None) of one Consul answer."""
+
+    status: int
+    headers: http.client.HTTPMessage  # case-insensitive, as HTTP headers are
+    body: Any
+
+    @property
+    def index(self) -> int:
+        """``X-Consul-Index``: what a blocking query waits past."""
+        return int(self.headers.get("X-Consul-Index", 0))
+
+
+@dataclass
+class Answer:
+    """One answer as received: status, headers and the (decompressed) body bytes."""
+
+    status: int
+    headers: http.client.HTTPMessage
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+
+@dataclass
+class TxnAnswer:
+    """A ``/v1/txn`` answer: ``results`` when it applied, else the operations' ``errors``."""
+
+    results: list[dict[str, Any]] | None
+    errors: list[dict[str, Any]]
+
+    @property
+    def applied(self) -> bool:
+        return self.results is not None
+
+    def error(self) -> ConsulError:
+        """A refusal the caller cannot recover from, as Consul answered it."""
+        return compatible(ConsulError)(409, json.dumps({"Errors": self.errors}))
+
+
+def error_for(response: Response) -> ConsulError:
+    """The exception for an answer the caller did not expect."""
+    body = response.body
+    text = body if isinstance(body, str) else json.dumps(body)
+    if response.status == 403:
+        return compatible(PermissionDenied)(403, text)
+    return compatible(ConsulError)(response.status, text)
