@@ -166,8 +166,8 @@ class _Waiter:
         self.subscription.notify()
         return key in self.keys
 
-    def start(self, deadline: float | None) -> None:
-        self.subscription.begin([*self.keys, *self.parents], deadline)
+    def start(self, deadline: float | None, read_first: bool = False) -> None:
+        self.subscription.begin([*self.keys, *self.parents], deadline, read_first)
 
     def unfinished(self) -> list[str]:
         return [key for key in self.keys if key not in self.finished]
@@ -306,7 +306,7 @@ class WaitingMixin(KeyValueStoreBackend):
         subscription = waiter.subscription
         with subscription:
             with until(deadline), timing_out(message):  # not held across a yield
-                waiter.start(deadline)
+                waiter.start(deadline, read_first=True)
             unfinished, iterations = len(keys), 0
             while True:
                 while waiter.ready:

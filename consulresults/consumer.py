@@ -92,11 +92,19 @@ class Subscription:
 
     # ------------------------------------------------------------------ deadlines
 
-    def begin(self, keys: Iterable[str], deadline: float | None) -> None:
-        """:meth:`consume_from`, or, with no time left (``timeout=0``), one read now."""
+    def begin(self, keys: Iterable[str], deadline: float | None, read_first: bool = False) -> None:
+        """:meth:`consume_from`, or, with no time left (``timeout=0``), one read now. With
+        ``read_first`` (many keys for one caller, ``get_many``), this caller reads them in
+        txn batches itself first, and waits only on those not ready."""
         if deadline is not None and deadline <= time.monotonic():
             self.read_at_deadline = True
             self.read_now(keys)
+        elif read_first:
+            keys = list(keys)
+            store, policy = self._consumer.store, self._consumer.policy
+            with until(deadline):
+                read = policy.call(lambda: store.entries(keys)) if policy else store.entries(keys)
+            self.consume_from([key for key in keys if not self.watch.offer(key, read.get(key))])
         else:
             self.consume_from(keys)
 

@@ -64,11 +64,11 @@ class Watch:
         self.reads = 0  # rounds that read its keys: failures between two are consecutive
         self.indexed: set[str] = set()  # the keys its group finds it under
 
-    def offer(self, key: str, entry: Entry | None) -> None:
+    def offer(self, key: str, entry: Entry | None) -> bool:
         """Take a state of ``key``, unless it is one seen already or older (Raft's indexes
-        only grow, and a ring may come after a later read)."""
+        only grow, and a ring may come after a later read); whether the key is done with."""
         if entry is None or entry["ModifyIndex"] <= self._seen.get(key, -1):
-            return
+            return False
         self._seen[key] = entry["ModifyIndex"]
         try:
             done = self._on_change(key, entry)
@@ -77,6 +77,7 @@ class Watch:
             done = False
         if done:
             self.keys.discard(key)
+        return done
 
     def fail(self, exc: BaseException) -> None:
         self._on_error(exc)
