@@ -81,7 +81,7 @@ from typing import Any
 
 import redis
 from celery import Celery, states
-from wait_scale import Control  # the dev server's control API on one connection of its own
+from wait_scale import Control, wait_until  # the dev server's control API; a bounded wait
 
 from consulresults.devserver import DevServerProcess
 from consulresults.waiting import LINGER, WAITING
@@ -102,16 +102,6 @@ RAFT_COUNTERS = ("raft.txn.applied", "raft.txn.failed", "raft.kv", "raft.session
 
 
 # ---------------------------------------------------------------------------------- helpers
-
-
-def wait_until(check: Callable[[], bool], timeout: float, step: float = 0.01) -> bool:
-    """Whether ``check()`` came true within ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(step)
-    return check()
 
 
 def spread(values: list[float]) -> dict[str, float | None]:

@@ -21,6 +21,24 @@ def transport_for(server, **options):
     return connect(resolve(f"consulresults://{server.address}/", {**token, **options}))
 
 
+def concurrent_reads(transport, n: int) -> list[BaseException]:
+    """``n`` threads reading one key at once; what failed."""
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            transport.request("GET", "/v1/kv/x", expect=(200, 404))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read) for _ in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return errors
+
+
 def test_backends_of_one_process_share_one_pool(make_app, consul_prefix):
     first, second = make_app(), make_app()
     assert first.backend.transport.pool is second.backend.transport.pool
@@ -33,20 +51,7 @@ def test_requests_past_the_budget_wait_for_a_connection(consul_dev_server_factor
     transport = transport_for(server, max_connections=2)
     server.faults.delay(0.2, count=20)
     server.reset_connection_stats()
-    errors: list[BaseException] = []
-
-    def read() -> None:
-        try:
-            transport.request("GET", "/v1/kv/x", expect=(200, 404))
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=read) for _ in range(12)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert errors == []
+    assert concurrent_reads(transport, 12) == []
     assert transport.pool.stats()["peak"] <= 2
     assert max(server.connection_stats()["peak"].values()) <= 2
 
@@ -275,20 +280,7 @@ def test_a_burst_beyond_the_budget_queues_instead_of_failing(consul_dev_server_f
     server = consul_dev_server_factory()
     transport = transport_for(server, max_connections=2, timeout=1)
     server.faults.delay(0.05, count=200)
-    errors: list[BaseException] = []
-
-    def read() -> None:
-        try:
-            transport.request("GET", "/v1/kv/burst", expect=(200, 404))
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=read) for _ in range(200)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert errors == []
+    assert concurrent_reads(transport, 200) == []
     assert transport.pool.stats()["peak"] <= 2
 
 
