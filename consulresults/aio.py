@@ -91,7 +91,8 @@ async def _completed(
     remaining = len(keys)
     with subscription:
         if deadline is not None and deadline <= time.monotonic():  # timeout=0: one read
-            await asyncio.to_thread(subscription.begin, [*keys, *watched], deadline)
+            with until(deadline), timing_out("The operation timed out."):
+                await asyncio.to_thread(subscription.begin, [*keys, *watched], deadline)
         else:
             subscription.begin([*keys, *watched], deadline)
         while remaining:
