@@ -109,6 +109,7 @@ class ChordStore:
             ops = [
                 _check(f"{base}/chord", record),
                 _check(f"{base}/b{k}", bucket),
+                *_released([record, bucket], self.store.sessions.get(plan)),
                 self._put(f"{base}/chord", json.dumps(info).encode(), plan),
                 self._put(f"{base}/b{k}", json.dumps([*ids, task_id]).encode(), plan),
                 {"KV": {"Verb": "delete", "Key": f"{base}/done/{k}"}},
@@ -258,6 +259,25 @@ def _held(op: dict[str, Any], session: str) -> dict[str, Any]:
     if kv["Verb"] != "set":
         return op
     return {"KV": {**kv, "Verb": "lock", "Session": session}}
+
+
+def _released(entries: list[Entry | None], session: str | None) -> list[dict[str, Any]]:
+    """Unlocks of what another process's session holds (the process that applied the chord,
+    for ``add_to_chord`` in a worker): Consul refuses a ``lock`` on a key another session
+    holds, so the holder lets go in the same txn, as :meth:`KVStore.write` does."""
+    return [
+        {
+            "KV": {
+                "Verb": "unlock",
+                "Key": entry["Key"],
+                "Session": entry["Session"],
+                "Value": encode_value(entry["Value"] or b""),
+                "Flags": entry["Flags"],
+            }
+        }
+        for entry in entries
+        if entry and entry.get("Session") and entry["Session"] != session
+    ]
 
 
 def _expected_refusal(what: str) -> bool:

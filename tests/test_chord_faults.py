@@ -71,3 +71,22 @@ def test_what_a_failing_chord_logs_can_cross_a_process_boundary(backend, caplog)
     assert logged, "the failed chord was logged"
     for record in logged:
         pickle.dumps(record)
+
+
+def test_a_task_is_added_to_a_chord_another_process_applied(make_app):
+    """``Task.add_to_chord`` runs in a worker, whose session is not the one that holds the
+    chord's record (the applying process's): the holder lets go in the same txn."""
+    import json
+
+    from consulresults.chords import bucket_of
+
+    backend = make_app().backend
+    plan = backend._plan(backend.chord_expires)
+    backend.chords.start("added-elsewhere", ["first", "second"], plan)
+    applier = backend.store.sessions.get(plan)
+    backend.store.sessions.reset()  # what another process has: a session of its own
+    backend.chords.add("added-elsewhere", "third", plan)
+    base = backend.chords.base("added-elsewhere")
+    bucket = backend.store.entry(f"{base}/b{bucket_of('third')}")
+    assert bucket is not None and "third" in json.loads(bucket["Value"])
+    assert bucket["Session"] not in ("", applier)
