@@ -42,7 +42,7 @@ from . import rings
 from .background import BACKGROUND, Timer
 from .connection import ConsulError, Interrupt, Interrupted, PermissionDenied, TxnAnswer
 from .expiry import create_session
-from .kv import Entry, KVStore, decoded
+from .kv import LEGACY_TXN_OPS, Entry, KVStore, decoded
 
 logger = logging.getLogger(__name__)
 SESSION_TTL = 120
@@ -120,8 +120,17 @@ class Doorbell:
         for key in keys:
             ops.append(rings.lock_op(self.layout.registration(key, session), session))
             ops.append({"KV": {"Verb": "get-or-empty", "Key": key}})
-        answer = self._txn(ops)
+        with self._lock:  # before the txn: a ring answered while it is on its way is news
+            fresh = [key for key in keys if key not in self.registered]
+            for key in fresh:
+                self.registered[key] = 0
+        try:
+            answer = self._txn(ops)
+        except BaseException:
+            self._unregister(fresh)
+            raise
         if not answer.applied:
+            self._unregister(fresh)
             if any("invalid session" in e["What"] for e in answer.errors):
                 self._lose(session)
                 raise SessionLost(session)
@@ -133,17 +142,24 @@ class Doorbell:
         read = (r["KV"] for r in answer.results or () if r.get("KV", {}).get("Key") in wanted)
         found: dict[str, Entry | None] = dict.fromkeys(keys)
         found.update({e["Key"]: decoded(e) if e["CreateIndex"] else None for e in read})
-        with self._lock:
-            if self.session == session:
-                for key in keys:
-                    self.registered.setdefault(key, 0)
         return found
+
+    def _unregister(self, keys: list[str]) -> None:
+        with self._lock:
+            for key in keys:
+                self.registered.pop(key, None)
 
     def _txn(self, ops: list[dict[str, Any]]) -> TxnAnswer:
         try:
             return self.store.transport.txn(ops)
         except PermissionDenied as exc:
             raise PushUnavailable(f"the token may not register waits ({exc})") from exc
+        except ConsulError as exc:
+            if exc.status == 413 and len(ops) > LEGACY_TXN_OPS:
+                # before Consul 1.14 a txn takes 64 operations, and has no get-or-empty
+                self.store.txn_ops = LEGACY_TXN_OPS
+                raise PushUnavailable("this Consul takes 64 txn operations (before 1.14)") from exc
+            raise
 
     # ------------------------------------------------------------------ forgetting
 
@@ -320,7 +336,11 @@ class Doorbell:
             if not any(e["Key"] == self.layout.doorbell(session) for e in listed):
                 self._lose(session)
                 return
-            self._answer(session, listed, seen)
+            try:
+                self._answer(session, listed, seen)
+            except Exception:  # the doorbell must outlive one bad answer; the net reads again
+                logger.exception("consulresults: the doorbell failed to hand rings over")
+                seen.clear()
 
     def _answer(self, session: str, listed: list[dict[str, Any]], seen: dict[str, int]) -> None:
         """Read the keys whose rings moved; rings of keys no longer registered are strays,

@@ -361,3 +361,16 @@ def test_listings_never_take_waiting_keys_for_results(make_app, cli, api, consul
     app.backend.store_result("unlisted-1", 1, states.SUCCESS)
     app.backend.store_result("unlisted-2", 2, states.SUCCESS)
     joined(threads)
+
+
+def test_waiters_on_a_consul_before_1_14_poll(consul_dev_server_factory, make_app):
+    """64 txn operations at most and no get-or-empty: 40 new keys at once are no error for
+    anybody, the waiters poll instead."""
+    server = consul_dev_server_factory(consul_version="1.13.9")
+    app = make_app(backend=backend_url(server, "old"))
+    ids = [f"old-{i}" for i in range(40)]
+    threads, outcomes = start_waiters(app, ids, timeout=60)
+    for i, task_id in enumerate(ids):
+        app.backend.store_result(task_id, i, states.SUCCESS)
+    joined(threads)
+    assert outcomes == {task_id: i for i, task_id in enumerate(ids)}
