@@ -55,6 +55,15 @@ def joined(threads) -> None:
         thread.join(60)
 
 
+def stored_while_waiting(app, ids: list[str], timeout: float) -> dict[str, object]:
+    """A waiting thread per id, each id's result stored (its index) at once: the outcomes."""
+    threads, outcomes = start_waiters(app, ids, timeout=timeout)
+    for i, task_id in enumerate(ids):
+        app.backend.store_result(task_id, i, states.SUCCESS)
+    joined(threads)
+    return outcomes
+
+
 @pytest.fixture
 def rung_only(monkeypatch):
     """No safety net, and no last read at a deadline allowed: what the waiters get came by a
@@ -77,11 +86,7 @@ def test_no_wake_up_is_lost_while_stores_race_registrations(make_app, rung_only)
     registration's read or a ring, with no safety net behind them."""
     app = make_app()
     ids = [f"race-{i}" for i in range(100)]
-    threads, outcomes = start_waiters(app, ids, timeout=30)
-    for i, task_id in enumerate(ids):
-        app.backend.store_result(task_id, i, states.SUCCESS)
-    joined(threads)
-    assert outcomes == {task_id: i for i, task_id in enumerate(ids)}
+    assert stored_while_waiting(app, ids, timeout=30) == {t: i for i, t in enumerate(ids)}
 
 
 def test_a_registration_reads_earlier_stores_and_later_ones_ring(make_app):
@@ -369,8 +374,4 @@ def test_waiters_on_a_consul_before_1_14_poll(consul_dev_server_factory, make_ap
     server = consul_dev_server_factory(consul_version="1.13.9")
     app = make_app(backend=backend_url(server, "old"))
     ids = [f"old-{i}" for i in range(40)]
-    threads, outcomes = start_waiters(app, ids, timeout=60)
-    for i, task_id in enumerate(ids):
-        app.backend.store_result(task_id, i, states.SUCCESS)
-    joined(threads)
-    assert outcomes == {task_id: i for i, task_id in enumerate(ids)}
+    assert stored_while_waiting(app, ids, timeout=60) == {t: i for i, t in enumerate(ids)}
