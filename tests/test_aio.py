@@ -157,14 +157,14 @@ def test_a_ready_result_is_returned_without_another_read(consul_dev_server_facto
         waits = [asyncio.create_task(aio.get(app.AsyncResult(i), timeout=60)) for i in ids]
         await until(lambda: WAITING.watched_keys() >= len(ids), "awaits watched")
         server.reset_counters()
-        queries.append(WAITING.doorbell_queries())
+        queries.append(WAITING.doorbell_queries(app.backend.store.prefix))
         for n, task_id in enumerate(ids):
             await asyncio.to_thread(app.backend.store_result, task_id, n, states.SUCCESS)
         return await asyncio.gather(*waits)
 
     assert run(main()) == list(range(20))
     # only txns (the stores, the rings, the service's reads) and the doorbell's own queries
-    doorbell = WAITING.doorbell_queries() - queries[0]
+    doorbell = WAITING.doorbell_queries(app.backend.store.prefix) - queries[0]
     assert server.counters().get("kv.get", 0) - doorbell in (-1, 0)
 
 

@@ -110,13 +110,13 @@ def test_a_failed_parent_is_raised_from_what_the_service_read(consul_dev_server_
 
     def before_failing() -> None:
         server.reset_counters()
-        queries.append(WAITING.doorbell_queries())
+        queries.append(WAITING.doorbell_queries(app.backend.store.prefix))
 
     outcomes = chains_failing(app, 20, before_failing=before_failing)
     assert all(isinstance(outcomes[i], KeyError) for i in range(20)), outcomes
     # no GET but the doorbell's own blocking queries (counted as they are sent: the last one
     # may not have reached the server yet)
-    doorbell = WAITING.doorbell_queries() - queries[0]
+    doorbell = WAITING.doorbell_queries(app.backend.store.prefix) - queries[0]
     assert server.counters().get("kv.get", 0) - doorbell in (-1, 0)
 
 
