@@ -72,6 +72,14 @@ class TxnAnswer:
         return compatible(ConsulError)(409, json.dumps({"Errors": self.errors}))
 
 
+def denial(errors: list[dict[str, Any]]) -> PermissionDenied | None:
+    """A txn refused by the ACLs: Consul reports it inside the 409 too, and it is no conflict."""
+    for error in errors:
+        if error["What"].startswith("Permission denied"):
+            return compatible(PermissionDenied)(403, error["What"])
+    return None
+
+
 def error_for(response: Response) -> ConsulError:
     """The exception for an answer the caller did not expect."""
     body = response.body

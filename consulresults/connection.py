@@ -35,6 +35,7 @@ from .answers import Answer as Answer  # re-exported: the transport's documented
 from .answers import Response as Response
 from .answers import TxnAnswer as TxnAnswer
 from .answers import compatible as compatible
+from .answers import denial
 from .answers import error_for as error_for
 from .answers import is_transient as is_transient
 from .background import BACKGROUND
@@ -134,6 +135,7 @@ class Transport:
         self.timeout = settings.timeout
         self.consistency = settings.consistency
         self.backpressure_patience = settings.backpressure_patience
+        self.batching = settings.batching
         self._token = token
         self._datacenter = settings.datacenter
         self.pool = pool_for(settings)
@@ -317,17 +319,28 @@ class Transport:
 
     def txn(self, ops: list[dict[str, Any]]) -> TxnAnswer:
         """Apply ``ops`` atomically. A 409 is an answer (the checks failed), unless an operation
-        was denied by the ACLs: Consul reports that inside the 409 too, and it is no conflict."""
-        response = self.request("PUT", "/v1/txn", body=ops, expect=(200, 409))
+        was denied by the ACLs (:func:`~consulresults.answers.denial`)."""
+        answer = self.txn_answer(ops)
+        refused = denial(answer.errors)
+        if refused is not None:
+            raise refused
+        return answer
+
+    def txn_answer(
+        self, ops: list[dict[str, Any]], params: list[tuple[str, str]] | None = None
+    ) -> TxnAnswer:
+        """``ops`` applied atomically, or every failing operation's error, ACL denials too (a
+        batch's members each take their own: :mod:`consulresults.batching`)."""
+        response = self.request("PUT", "/v1/txn", params, body=ops, expect=(200, 409))
         if response.status == 200:
             return TxnAnswer(response.body["Results"] or [], [])
         if not isinstance(response.body, dict) or "Errors" not in response.body:
             raise error_for(response)  # not Consul's answer (a proxy's?): no conflict to retry
-        errors = response.body["Errors"]
-        for error in errors:
-            if error["What"].startswith("Permission denied"):
-                raise compatible(PermissionDenied)(403, error["What"])
-        return TxnAnswer(None, errors)
+        return TxnAnswer(None, response.body["Errors"])
+
+    def read_params(self) -> list[tuple[str, str]]:
+        """The read consistency as query parameters (a read-only txn honours them as a GET)."""
+        return [] if self.consistency == "default" else [(self.consistency, "1")]
 
 
 def connect(settings: ConsulSettings) -> Transport:

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import rings
+from . import batching, rings
 from .connection import ConsulError, PermissionDenied, Transport
 from .expiry import create_session
 from .operations import ResultOperations
@@ -40,6 +40,7 @@ def diagnose(ops: ResultOperations) -> list[Diagnosis]:
         ("write the prefix", _write),
         ("create sessions", _sessions),
         ("connection budget", _budget),
+        ("group commit", _batching),
     ]
     found = []
     for name, check in checks:
@@ -88,6 +89,22 @@ def _budget(ops: ResultOperations) -> str:
         f"{holds}; {limit} per client IP ({source}): at most {limit // pool.limit} such "
         "processes per host, pod IP or NAT address if all are busy at once, less what the "
         "host's other Consul clients use"
+    )
+
+
+def _batching(ops: ResultOperations) -> str:
+    """Whether concurrent stores and reads share txns, within which limits, and what this
+    process's batchers did so far (a worker's figures show in its own process: the bench)."""
+    store = ops.store
+    if not store.transport.batching:
+        return "off (batching=false): every store and read is a request of its own"
+    writes = store.writes
+    done = batching.stats()
+    return (
+        f"on: beyond {writes.senders} concurrent senders, stores (and reads) queue and go out "
+        f"together, up to {writes.max_ops} operations and {writes.max_body} bytes per txn; "
+        f"this process: {done.get('batches', 0)} batch(es) of {done.get('members', 0)}, "
+        f"{done.get('resent', 0)} sent again"
     )
 
 

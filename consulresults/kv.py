@@ -11,17 +11,23 @@ CLI's operations) share.
   and rings those waiters' doorbells right after it lands.
 - Waits are blocking queries: the answer comes as soon as the key changes.
 - Idempotent reads retry transient failures a few times; see :mod:`consulresults.retry`.
+- Writes and one-key reads made at once by many callers go out together while every
+  connection is busy (group commit, :mod:`consulresults.batching`); a caller alone sends its own.
 """
 
 from __future__ import annotations
 
 import base64
+import json
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, cast
 
 from . import layout, rings
+from .answers import denial
+from .batching import Batcher, Member, batcher_for
 from .connection import ConsulError, Interrupt, Response, Transport, TxnAnswer, is_transient
 from .deadline import clamp
 from .expiry import ExpiryPlan, session_pool
@@ -33,6 +39,7 @@ LEGACY_TXN_OPS = 64
 WRITE_PATIENCE = 60.0
 CONFLICT_BACKOFF = (0.002, 0.25)
 KNOWN_INDEXES = 4096
+TXN_OVERHEAD = 1024  # a store's txn around its base64 value: keys, verbs, session, checks
 READS = RetryPolicy(is_transient, doubling(0.05), max_retries=4)
 
 Entry = dict[str, Any]  # a KV entry as Consul returns it, with ``Value`` already base64-decoded
@@ -75,6 +82,15 @@ class KVStore:
         self._get_or_empty = True
         self._known: OrderedDict[str, tuple[int, str, bool]] = OrderedDict()
         self._known_lock = threading.Lock()
+        self.writes = self._batcher("write")
+        self.reads = self._batcher("read", transport.consistency)
+
+    def _batcher(self, *kind: str) -> Batcher:
+        """The process's batcher of this kind for this agent and token: at most one sender per
+        connection of the budget."""
+        transport = self.transport
+        identity = (*transport.identity, *kind)
+        return batcher_for(identity, transport.pool.limit, transport.backpressure_patience)
 
     def key(self, name: str) -> str:
         """The full key for a Celery key name (``celery-task-meta-<id>``): escaped, prefixed."""
@@ -83,11 +99,30 @@ class KVStore:
     # ------------------------------------------------------------------ reads
 
     def entry(self, key: str) -> Entry | None:
-        """One entry (one request), or None when absent."""
-        response = READS.call(
-            lambda: self.transport.request("GET", f"/v1/kv/{key}", expect=(200, 404))
-        )
+        """One entry (one request, or a share of a batch of reads), or None when absent."""
+        return READS.call(lambda: self._entry_once(key))
+
+    def _entry_once(self, key: str) -> Entry | None:
+        if not (self.transport.batching and self._get_or_empty):
+            return self._get(key)
+        op = {"KV": {"Verb": "get-or-empty", "Key": key}}
+        member = Member([op], frozenset([key]), lambda: self._get(key), self._send_reads)
+        share = self.reads.run(member)
+        if not isinstance(share, TxnAnswer):
+            return cast("Entry | None", share)
+        if not share.results:  # hidden by the ACLs, or no get-or-empty: its own GET tells
+            if any("get-or-empty" in e["What"] for e in share.errors):
+                self._get_or_empty = False
+            return self._get(key)
+        found = share.results[0]["KV"]
+        return decoded(found) if found["CreateIndex"] else None
+
+    def _get(self, key: str) -> Entry | None:
+        response = self.transport.request("GET", f"/v1/kv/{key}", expect=(200, 404))
         return decoded(response.body[0]) if response.status == 200 else None
+
+    def _send_reads(self, ops: list[dict[str, Any]]) -> TxnAnswer:
+        return self.transport.txn_answer(ops, self.transport.read_params())
 
     def entries(self, keys: list[str]) -> dict[str, Entry | None]:
         """Entries (None when absent) for ``keys``, in order, batched through ``/v1/txn``."""
@@ -233,12 +268,7 @@ class KVStore:
         index it last wrote), so it costs one request; after this process wrote a ``final``
         value, a guarded write reads first instead.
         """
-        if len(data) > MAX_VALUE_SIZE:
-            raise ValueTooLarge(
-                f"result is {len(data)} bytes, over Consul's {MAX_VALUE_SIZE}-byte value limit "
-                "(kv_max_value_size): set result_compression (e.g. 'zlib', Celery 5.7+) or "
-                "return less data"
-            )
+        self._check_size(data)
         with self._known_lock:
             remembered = self._known.get(key)
 
@@ -248,6 +278,24 @@ class KVStore:
         guarded = bool(remembered and keep and remembered[2])
         first = None if guarded else (data, remembered[:2] if remembered else None)
         return self.commit(key, plan, decide, first, final)
+
+    def _check_size(self, data: bytes) -> None:
+        """Refuse a value Consul would refuse, before anything is sent: over its value limit,
+        or over the agent's txn body limit once base64-encoded (from about 393 KB)."""
+        encoded = 4 * math.ceil(len(data) / 3) + TXN_OVERHEAD
+        limit = self.writes.max_body
+        if len(data) <= MAX_VALUE_SIZE and encoded <= limit:
+            return
+        over = (
+            f"over Consul's {MAX_VALUE_SIZE}-byte value limit (kv_max_value_size)"
+            if len(data) > MAX_VALUE_SIZE
+            else f"about {encoded} bytes once base64-encoded in a transaction, over the agent's "
+            f"{limit}-byte txn_max_req_len"
+        )
+        raise ValueTooLarge(
+            f"result is {len(data)} bytes, {over}: set result_compression (e.g. 'zlib', "
+            "Celery 5.7+) or return less data"
+        )
 
     def update(
         self,
@@ -319,7 +367,18 @@ class KVStore:
     ) -> bool:
         session = self.sessions.get(plan)
         ops = [rings.registrations_op(self.waiting, key)]
-        answer = self.transport.txn(ops + _write_ops(key, data, plan.flags(), session, known))
+        ops += _write_ops(key, data, plan.flags(), session, known)
+        try:
+            answer = self._write_txn(ops, key)
+        except ConsulError as exc:
+            self._forget(key)  # a lost answer: the write loop reads again
+            if exc.status == 413:  # the agent's limit is lower than the default: say so clearly
+                self.writes.learn(str(exc), len(ops), len(json.dumps(ops)))
+                self._check_size(data)
+            raise
+        except Exception:
+            self._forget(key)
+            raise
         if not answer.applied:
             self.sessions.discard_if_invalid(session, answer.errors)
             raise _LostRace(key)
@@ -334,6 +393,24 @@ class KVStore:
             while len(self._known) > KNOWN_INDEXES:
                 self._known.popitem(last=False)
         return True
+
+    def _write_txn(self, ops: list[dict[str, Any]], key: str) -> TxnAnswer:
+        """One write txn, batched with the process's concurrent ones when batching is on."""
+        if not self.transport.batching:
+            return self.transport.txn(ops)
+        registrations = (self.waiting.registrations_of(key),)
+        member = Member(
+            ops,
+            frozenset([key]),
+            lambda: self.transport.txn(ops),
+            self.transport.txn_answer,
+            prefixes=registrations,
+        )
+        answer = cast(TxnAnswer, self.writes.run(member))
+        refused = denial(answer.errors)
+        if refused is not None:
+            raise refused
+        return answer
 
     def replace_unchanged(self, key: str, data: bytes, flags: int, index: int) -> int | None:
         """Replace the value only if the key is still at ModifyIndex ``index`` (one txn ``cas``),

@@ -51,6 +51,7 @@ class ConsulSettings:
     max_connections: int = 4
     idle_timeout: float = 5.0
     backpressure_patience: float = 30.0
+    batching: bool = True
 
     @property
     def base_url(self) -> str:
@@ -374,6 +375,7 @@ OPTIONS: dict[str, Option] = {
         ),
         Option("idle_timeout", _seconds("idle_timeout")),
         Option("backpressure_patience", _seconds("backpressure_patience")),
+        Option("batching", lambda value, where: {"batching": parse_bool(value, where)}),
         Option("one_client", _no_effect),
     )
 }

@@ -205,11 +205,31 @@ def test_doctor_passes_on_a_working_setup(cli):
         "ok   write the prefix",
         "ok   create sessions",
         "ok   connection budget",
+        "ok   group commit",
         "ok   pushed waiting (waiter)",
         "ok   pushed waiting (writer)",
         "ok   result_expires",
     ]
     assert "renewed once" in lines[-1] and "no cleanup needed" in lines[-1]  # Celery's 1 day
+    assert "beyond 4 concurrent senders" in lines[6]
+
+
+def test_doctor_says_when_group_commit_is_off(consul_server, consul_prefix):
+    from conftest import backend_url
+    from typer.testing import CliRunner
+
+    from consulresults.cli import app
+
+    url = backend_url(consul_server, consul_prefix)
+    url += ("&" if "?" in url else "?") + "batching=false"
+    token = ["--token", consul_server.token] if consul_server.token else []
+    result = CliRunner().invoke(app, ["doctor", "--backend-url", url, *token])
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.stdout.splitlines() if "group commit" in line)
+    assert (
+        line
+        == "ok   group commit: off (batching=false): every store and read is a request of its own"
+    )
 
 
 def test_doctor_does_the_connection_arithmetic(consul_dev_server_factory):
