@@ -211,23 +211,37 @@ def test_enterprise_agent_self_names_its_partition(ent):
     assert ent.get("/v1/agent/self").json()["Config"]["Partition"] == "default"
 
 
-def test_the_command_takes_enterprise_but_not_with_a_data_dir(tmp_path):
-    assert "--enterprise" in run_cli("dev-server", "--help").stdout
-    refused = run_cli("dev-server", "--port", "0", "--enterprise", "--data-dir", str(tmp_path))
-    assert refused.returncode != 0
-    assert (
-        refused.stderr.strip()
-        .splitlines()[-1]
-        .endswith(
-            "--enterprise keeps its namespaces in memory only: drop --data-dir, or run without "
-            "--enterprise"
-        )
-    )
+def test_namespaces_survive_a_kill_and_a_restart(consul_dev_server_factory, tmp_path):
+    from consulresults.devserver import DevServerProcess
+
+    with DevServerProcess("--enterprise", "--data-dir", str(tmp_path)) as process:
+        api = Api(process.url)
+        team = api.put("/v1/session/create?ns=team&partition=p1", json={"TTL": "60s"}).json()["ID"]
+        assert api.put(f"/v1/kv/app/held?ns=team&partition=p1&acquire={team}", b"x").json()
+        assert api.put("/v1/kv/app/gone?ns=team&partition=p1", b"x").json() is True
+        assert api.delete("/v1/kv/app/gone?ns=team&partition=p1").json() is True
+        api.put("/v1/kv/app/default", b"d")
+        listing = "/v1/kv/app/?recurse&ns=team&partition=p1"
+        before = (api.get(listing).json(), api.get(listing).headers["X-Consul-Index"])
+        missing_index = api.get("/v1/kv/nothing?ns=team&partition=p1").headers["X-Consul-Index"]
+        for restart in (process.kill, process.stop):  # the journal, then the snapshot
+            restart()
+            process.start()
+            api = Api(process.url)
+            assert (api.get(listing).json(), api.get(listing).headers["X-Consul-Index"]) == before
+            again = api.get("/v1/kv/nothing?ns=team&partition=p1").headers["X-Consul-Index"]
+            assert again == missing_index
+            assert [s["ID"] for s in api.get("/v1/session/list?ns=team&partition=p1").json()] == [
+                team
+            ]
+            assert api.get("/v1/session/list").json() == []
+            assert api.get("/v1/kv/app/?keys").json() == ["app/default"]
 
 
 def test_the_command_serves_namespaces(consul_dev_server_factory):  # the factory: dev server only
     from consulresults.devserver import DevServerProcess
 
+    assert "--enterprise" in run_cli("dev-server", "--help").stdout
     with DevServerProcess("--enterprise") as process:
         api = Api(process.url)
         assert api.put("/v1/kv/k?ns=team", b"v").json() is True

@@ -108,8 +108,7 @@ Enterprise = Annotated[
         "--enterprise",
         help="Accept namespaces and partitions as Consul Enterprise does (ns/partition on KV "
         "and session calls, Namespace/Partition in txn operations; keys and sessions kept "
-        "apart per namespace). Without it they are refused as Consul CE refuses them. Memory "
-        "only: not with --data-dir.",
+        "apart per namespace). Without it they are refused as Consul CE refuses them.",
     ),
 ]
 

@@ -126,15 +126,17 @@ class TxnOp:
 
 @dataclass
 class Changes:
-    """What one committed transaction changed in the default scope, as handed to the journal
-    (the only scope a data directory keeps: ``--enterprise`` runs in memory)."""
+    """What one committed transaction changed, as handed to the journal: the default scope's
+    entries and tombstones, every session (each knows its scope), and in ``spaces`` the entries
+    and tombstones of each other scope."""
 
     entries: dict[str, Entry | None] = field(default_factory=dict)
     sessions: dict[str, Session | None] = field(default_factory=dict)
     tombstones: dict[str, int] = field(default_factory=dict)
+    spaces: dict[Scope, Changes] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.entries or self.sessions or self.tombstones)
+        return bool(self.entries or self.sessions or self.tombstones or self.spaces)
 
 
 class TxnFailed(Exception):

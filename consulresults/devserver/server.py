@@ -44,7 +44,7 @@ class DevServer:
     ``http_max_conns_per_client`` limits concurrent connections per client IP as Consul does
     (default 200, 0 for no limit); :meth:`connection_stats` shows them. ``enterprise``
     accepts namespaces and partitions as Consul Enterprise does (without it they are refused as
-    Consul CE refuses them); it keeps its state in memory only (no ``data_dir``).
+    Consul CE refuses them).
     """
 
     def __init__(
@@ -68,11 +68,6 @@ class DevServer:
         http_max_conns_per_client: int = DEFAULT_LIMIT,
         enterprise: bool = False,
     ) -> None:
-        if enterprise and data_dir is not None:
-            raise ValueError(
-                "--enterprise keeps its namespaces in memory only: drop --data-dir, or run "
-                "without --enterprise"
-            )
         self.host = host
         self.port = port
         self.config = ServerConfig(

@@ -56,7 +56,6 @@ class StoreState:
         self.disabled_verbs: set[str] = set()
         self._undo: list[Callable[[], None]] | None = None
         self._changes: Changes | None = None
-        self._changed = False
 
     def space(self, scope: Scope = DEFAULT_SCOPE) -> Space:
         """The scope's KV state, made empty on first use (every namespace and partition exists,
@@ -76,7 +75,7 @@ class StoreState:
         ``kind``) when it raises: a write that fails in the state store went through Raft too.
         """
         saved_tables = replace(self.tables)
-        self._undo, self._changes, self._changed = [], Changes(), False
+        self._undo, self._changes = [], Changes()
         self.tables.raft += 1
         try:
             yield self.tables.raft
@@ -88,21 +87,21 @@ class StoreState:
             raise
         else:
             self.raft_writes.add(kind)
-            if self._changes:
-                self.on_commit(self._changes, self.tables)
-            if self._changed:
+            changes = self._changes
+            if changes:
+                self.on_commit(changes, self.tables)
                 self.on_change()
         finally:
             self._undo = self._changes = None
 
     def _log(self, undo: Callable[[], None], scope: Scope = DEFAULT_SCOPE) -> Changes:
-        """Record how to undo one change of ``scope``; returns where to note it for the journal:
-        the transaction's changes for the default scope, a scratch copy (dropped) for another,
-        as only the default scope is saved."""
+        """Record how to undo one change of ``scope``; returns where to note it for the journal
+        (the transaction's changes, or their part for another scope than the default)."""
         assert self._undo is not None and self._changes is not None  # in a _transaction
         self._undo.append(undo)
-        self._changed = True
-        return self._changes if scope == DEFAULT_SCOPE else Changes()
+        if scope == DEFAULT_SCOPE:
+            return self._changes
+        return self._changes.spaces.setdefault(scope, Changes())
 
     def _write_entry(self, space: Space, key: str, entry: Entry | None, idx: int) -> None:
         """Store or delete one entry, recording undo, journal and table indexes."""
@@ -116,7 +115,7 @@ class StoreState:
     def _set_kvs_index(self, space: Space, idx: int) -> None:
         old = space.kvs_index
         space.kvs_index = self.tables.kvs = idx
-        self._log(lambda: setattr(space, "kvs_index", old))
+        self._log(lambda: setattr(space, "kvs_index", old), space.scope)
 
     def _put_entry(self, space: Space, key: str, entry: Entry | None) -> None:
         """Place or remove an entry, keeping the sorted keys and the session→keys index (by the
@@ -159,11 +158,7 @@ class StoreState:
         else:
             self.sessions[session_id] = session
         self.tables.sessions = idx
-        written = session if session is not None else old
-        scope = DEFAULT_SCOPE if written is None else written.scope
-        self._log(lambda: self._restore_session(session_id, old), scope).sessions[session_id] = (
-            session
-        )
+        self._log(lambda: self._restore_session(session_id, old)).sessions[session_id] = session
 
     def _restore_session(self, session_id: str, session: Session | None) -> None:
         if session is None:
