@@ -102,6 +102,16 @@ HttpMaxConnsPerClient = Annotated[
     ),
 ]
 
+Enterprise = Annotated[
+    bool,
+    typer.Option(
+        "--enterprise",
+        help="Accept namespaces and partitions as Consul Enterprise does (ns/partition on KV "
+        "and session calls, Namespace/Partition in txn operations; keys and sessions kept "
+        "apart per namespace). Without it they are refused as Consul CE refuses them.",
+    ),
+]
+
 FaultErrorFraction = Annotated[
     float,
     typer.Option(
@@ -149,6 +159,7 @@ def dev_server(
     tls_ca: TlsCa = None,
     kv_max_value_size: KvMaxValueSize = 524_288,
     http_max_conns_per_client: HttpMaxConnsPerClient = 200,
+    enterprise: Enterprise = False,
     fault_error_fraction: FaultErrorFraction = 0.0,
     fault_status: FaultStatus = 500,
     fault_body: FaultBody = "No cluster leader",

@@ -49,6 +49,7 @@ class DevServerOptions:
     tls_ca: Path | None = None
     kv_max_value_size: int = 524_288
     http_max_conns_per_client: int = 200
+    enterprise: bool = False
     fault_error_fraction: float = 0.0
     fault_status: int = 500
     fault_body: str = "No cluster leader"
@@ -102,6 +103,7 @@ def build_server(options: DevServerOptions) -> DevServer:
             tls_ca=_str(options.tls_ca),
             kv_max_value_size=options.kv_max_value_size,
             http_max_conns_per_client=options.http_max_conns_per_client,
+            enterprise=options.enterprise,
             fault_seed=options.fault_seed,
         )
         for rule in _fault_rules(options):

@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
-from .store import Changes, Store, Tables, entry_to_record, session_to_record
+from .store import Changes, Store, Tables, changes_record
 
 SNAPSHOT = "state.json"
 JOURNAL = "journal.jsonl"
@@ -57,18 +57,7 @@ class DataDir:
     def record(self, changes: Changes, tables: Tables) -> None:
         """Append one committed transaction and flush it before the request is answered."""
         line = json.dumps(
-            {
-                "tables": asdict(tables),
-                "entries": {
-                    k: None if e is None else entry_to_record(e) for k, e in changes.entries.items()
-                },
-                "sessions": {
-                    k: None if s is None else session_to_record(s)
-                    for k, s in changes.sessions.items()
-                },
-                "tombstones": changes.tombstones,
-            },
-            separators=(",", ":"),
+            {"tables": asdict(tables), **changes_record(changes)}, separators=(",", ":")
         )
         assert self._journal is not None  # open() made it before setting on_commit
         self._journal.write(line + "\n")

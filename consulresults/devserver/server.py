@@ -42,7 +42,9 @@ class DevServer:
     ``port=0`` picks a free port. ``session_ttl_min`` and ``session_ttl_multiplier`` let tests
     shorten TTL expiry (Consul's defaults are ``10s`` and 2). ``faults`` injects failures.
     ``http_max_conns_per_client`` limits concurrent connections per client IP as Consul does
-    (default 200, 0 for no limit); :meth:`connection_stats` shows them.
+    (default 200, 0 for no limit); :meth:`connection_stats` shows them. ``enterprise``
+    accepts namespaces and partitions as Consul Enterprise does (without it they are refused as
+    Consul CE refuses them).
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class DevServer:
         control: bool = True,
         consul_version: str = VERSION,
         http_max_conns_per_client: int = DEFAULT_LIMIT,
+        enterprise: bool = False,
     ) -> None:
         self.host = host
         self.port = port
@@ -74,6 +77,7 @@ class DevServer:
             kv_max_value_size=kv_max_value_size,
             control=control,
             version=consul_version,
+            enterprise=enterprise,
         )
         if self.config.before_1_14:
             self.config.txn_max_ops = 64

@@ -17,7 +17,7 @@ from urllib.parse import quote_plus, urlencode
 from aiohttp import web
 
 from .durations import DurationError, parse_go_duration
-from .store import Entry, Session, StoreError
+from .model import DEFAULT_SCOPE, Entry, Scope, Session, StoreError
 
 TEXT = "text/plain; charset=utf-8"
 MAX_UINT64 = 2**64 - 1
@@ -60,8 +60,9 @@ def text_response(status: int, text: str, headers: dict[str, str] | None = None)
     return response
 
 
-def entry_json(entry: Entry) -> dict[str, Any]:
-    """A KV entry in CE field order; Value is std base64 or null; Session only when held."""
+def entry_json(entry: Entry, enterprise: bool = False) -> dict[str, Any]:
+    """A KV entry in Consul's field order; Value is std base64 or null; Session only when held;
+    Enterprise adds the entry's Namespace and Partition."""
     data: dict[str, Any] = {
         "LockIndex": entry.lock_index,
         "Key": entry.key,
@@ -70,12 +71,14 @@ def entry_json(entry: Entry) -> dict[str, Any]:
     }
     if entry.session:
         data["Session"] = entry.session
+    if enterprise:
+        data.update(_scope_json(entry.scope))
     data["CreateIndex"] = entry.create_index
     data["ModifyIndex"] = entry.modify_index
     return data
 
 
-def session_json(session: Session) -> dict[str, Any]:
+def session_json(session: Session, enterprise: bool = False) -> dict[str, Any]:
     data: dict[str, Any] = {
         "ID": session.id,
         "Name": session.name,
@@ -86,11 +89,17 @@ def session_json(session: Session) -> dict[str, Any]:
         "NodeChecks": session.node_checks,
         "ServiceChecks": session.service_checks,
     }
+    if enterprise:
+        data.update(_scope_json(session.scope))
     if session.checks:
         data["Checks"] = session.checks
     data["CreateIndex"] = session.create_index
     data["ModifyIndex"] = session.modify_index
     return data
+
+
+def _scope_json(scope: Scope) -> dict[str, str]:
+    return {"Namespace": scope.namespace, "Partition": scope.partition}
 
 
 def parse_uint64(text: str) -> int:
@@ -113,14 +122,8 @@ class QueryOptions:
 
 
 def parse_query_options(query: Mapping[str, str], datacenter: str) -> QueryOptions:
-    """Validate dc/ns/partition, consistency flags, ``wait`` and ``index`` as Consul does."""
-    for name in ("ns", "partition"):
-        if name in query:
-            raise ApiError(
-                400,
-                f'Invalid query parameter: "{name}" - '
-                f"{_ENTERPRISE[name]} are a Consul Enterprise feature",
-            )
+    """Validate dc, consistency flags, ``wait`` and ``index`` as Consul's ``parse()`` does
+    (namespaces and partitions are the endpoint's to parse: :func:`parse_scope`)."""
     if "stale" in query and "consistent" in query:
         raise ApiError(400, "Cannot specify ?stale with ?consistent, conflicting semantics.")
     if "max_stale" in query:
@@ -138,7 +141,28 @@ def parse_query_options(query: Mapping[str, str], datacenter: str) -> QueryOptio
     return QueryOptions(index=index, wait_ns=wait_ns, pretty="pretty" in query)
 
 
-_ENTERPRISE = {"ns": "Namespaces", "partition": "Partitions"}
+# Consul CE's parseEntMeta (agent/http_ce.go): header, then query, namespace before partition
+_ENTERPRISE = (
+    ("X-Consul-Namespace", "ns", "Namespaces"),
+    ("X-Consul-Partition", "partition", "Partitions"),
+)
+
+
+def parse_scope(request: web.Request, enterprise: bool) -> Scope:
+    """The namespace and partition a KV or session request names (``ns``/``partition`` in the
+    query, else the ``X-Consul-Namespace``/``X-Consul-Partition`` header; ``default`` when
+    neither). Consul CE refuses any non-empty one, ``default`` included, with a 400."""
+    named = []
+    for header, param, feature in _ENTERPRISE:
+        from_header = request.headers.get(header, "")
+        from_query = request.query.get(param, "")
+        if not enterprise and (from_header or from_query):
+            where = f'header: "{header}"' if from_header else f'query parameter: "{param}"'
+            raise ApiError(400, f"Invalid {where} - {feature} are a Consul Enterprise feature")
+        named.append(from_query or from_header or "default")
+    if not enterprise:
+        return DEFAULT_SCOPE
+    return Scope(partition=named[1], namespace=named[0])
 
 
 def _duration_or(text: str, message: str) -> int:
