@@ -259,6 +259,70 @@ PingTimeoutOption = Annotated[
 ]
 
 
+# ------------------------------------------------------------------------------- options of retry
+
+RetryIdsArgument = Annotated[
+    list[str] | None,
+    typer.Argument(
+        metavar="ID",
+        help="Task ids to re-send; - reads them from standard input. Without ids, --state selects.",
+    ),
+]
+RetryLimitOption = Annotated[
+    int | None,
+    typer.Option(
+        "--limit",
+        metavar="N",
+        min=1,
+        help="Re-send at most N of the selection, oldest first; the rest wait for the next run.",
+    ),
+]
+RetryMaxOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max",
+        metavar="N",
+        min=0,
+        help="Refuse (exit 2, nothing sent) if more than N would be re-sent.",
+    ),
+]
+RetryMarkOption = Annotated[
+    bool,
+    typer.Option(
+        "--mark",
+        help="First claim each result with one compare-and-swap write recording the new id and "
+        "when; only a claimed result is sent, so concurrent runs send it once and later runs "
+        "skip it (safe in cron).",
+    ),
+]
+RetryAgainOption = Annotated[
+    bool, typer.Option("--again", help="Also re-send results already marked as retried.")
+]
+RetryForceOption = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Results named by id: re-send whatever their state, acks_late or chain, group or "
+        "chord membership.",
+    ),
+]
+RetryOrphanedOption = Annotated[
+    bool,
+    typer.Option(
+        "--orphaned",
+        help="Select the orphaned STARTED results instead of --state (see ls --orphaned); each "
+        "is claimed as with --mark, so one that moved since it was read is left.",
+    ),
+]
+RetryDryRunOption = Annotated[
+    bool, typer.Option("--dry-run", help="Show what would be re-sent; send and mark nothing.")
+]
+RetryOutputOption = output_option(
+    "table (default on a terminal), json, ndjson, tsv (default when piped): old id, task, new id; "
+    "or ids: the new ids (with --dry-run, the old ones)."
+)
+
+
 def check_format(fmt: str | None) -> str:
     if fmt is not None and fmt not in render.FORMATS:
         raise fail(f"--output: {fmt!r} is not one of {', '.join(render.FORMATS)}", EXIT_USAGE)
