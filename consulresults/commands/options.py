@@ -23,11 +23,12 @@ import typer
 
 from .. import render
 from ..settings import OPTIONS
-from .errors import EXIT_USAGE, consul_errors, fail
+from .errors import EXIT_PARTIAL, EXIT_USAGE, consul_errors, fail
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from ..answers import Hiding
     from ..operations import ResultFilter, ResultOperations, StoredResult
     from ..orphans import OrphanCheck
 
@@ -58,7 +59,9 @@ class Connection:
         overrides = dict(self.overrides)
         if self.stale or self.consistent:
             overrides["consistency"] = "stale" if self.stale else "consistent"
-        return open_operations(self._url(), overrides, self.celery_app())
+        ops = open_operations(self._url(), overrides, self.celery_app())
+        notice_hidden(ops)
+        return ops
 
     def _url(self) -> str | None:
         """``--backend-url``, else ``CONSUL_RESULTS_BACKEND_URL`` unless ``-A`` was given: a
@@ -258,6 +261,14 @@ PingTimeoutOption = Annotated[
     ),
 ]
 
+PartialOkOption = Annotated[
+    bool,
+    typer.Option(
+        "--partial-ok",
+        help=f"Exit 0 even when the token's ACLs hid results from the listing (else exit "
+        f"{EXIT_PARTIAL}): a partial view is intended.",
+    ),
+]
 
 # ------------------------------------------------------------------------------- options of retry
 
@@ -321,6 +332,32 @@ RetryOutputOption = output_option(
     "table (default on a terminal), json, ndjson, tsv (default when piped): old id, task, new id; "
     "or ids: the new ids (with --dry-run, the old ones)."
 )
+
+
+def notice_hidden(ops: ResultOperations, exits: bool = False) -> None:
+    """Say on stderr, in one line, when a listing comes back filtered by the token's ACLs (or
+    may be, without a token): :meth:`Connection.open` sets it for every command; ``exits``
+    (``stats``, ``purge`` without ``--partial-ok``) adds that the command exits for it."""
+    from ..operations import hiding_text
+
+    def say(hiding: Hiding) -> None:
+        if hiding == "maybe":
+            consequence = "give --token or --token-file"
+        else:
+            consequence = "this covers only what it may read"
+            if exits:
+                consequence += f" (exit {EXIT_PARTIAL}; --partial-ok if that is intended)"
+        typer.echo(
+            f"consul-results: warning: {hiding_text(hiding, ops.prefix)}: {consequence}", err=True
+        )
+
+    ops.on_hidden = say
+
+
+def partial_status(ops: ResultOperations, partial_ok: bool, status: int) -> int:
+    """``status``, or :data:`EXIT_PARTIAL` when the token's ACLs hid results from a listing and
+    ``--partial-ok`` did not say that a partial view is intended."""
+    return EXIT_PARTIAL if ops.hidden == "hidden" and not partial_ok else status
 
 
 def check_format(fmt: str | None) -> str:
