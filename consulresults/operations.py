@@ -378,9 +378,9 @@ class ResultOperations:
         ours made for this prefix (the name says so) holding no key under it and no longer
         handed out to writers (the name says until when), and Celery
         built-in ones (named after the one key they were made for) not holding that key here.
-        ``listed``: :meth:`sessions`, when the caller has it already. None when the token's
-        ACLs hid keys under the prefix: a session may hold one of those (destroying it would
-        delete it)."""
+        ``listed``: :meth:`sessions`, when the caller has it already. None at all when the
+        token's ACLs hid keys under the prefix: a session may hold one of those (destroying it
+        would delete it)."""
         idle, now = [], time.time()
         listed = self.sessions() if listed is None else listed
         if self.keys_hidden:
