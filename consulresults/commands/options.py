@@ -265,8 +265,8 @@ PartialOkOption = Annotated[
     bool,
     typer.Option(
         "--partial-ok",
-        help=f"Exit 0 even when the token's ACLs hid results from the listing (else exit "
-        f"{EXIT_PARTIAL}): a partial view is intended.",
+        help=f"A partial view is intended: no exit {EXIT_PARTIAL} when the token's ACLs hid "
+        "results from the listing (the warning line stays).",
     ),
 ]
 
