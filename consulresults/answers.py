@@ -6,11 +6,16 @@ from __future__ import annotations
 import http.client
 import json
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from .exceptions import ConsulError, ConsulTimeout, ConsulUnreachable, PermissionDenied
 
 _E = TypeVar("_E", bound=BaseException)
+
+# What a list endpoint's answer says of the entries ACLs kept from it: ``hidden``, Consul said
+# the request's token hid some; ``maybe``, no token was sent to an agent that denies by default,
+# and Consul never says what the anonymous token was kept from.
+Hiding = Literal["hidden", "maybe"]
 
 
 def compatible(cls: type[_E]) -> type[_E]:
@@ -41,6 +46,16 @@ class Response:
     def index(self) -> int:
         """``X-Consul-Index``: what a blocking query waits past."""
         return int(self.headers.get("X-Consul-Index", 0))
+
+    def hiding(self, token_sent: bool) -> Hiding | None:
+        """What ACLs kept from this list answer (KV ``?keys``/``?recurse``, session lists):
+        ``X-Consul-Results-Filtered-By-ACLs`` is sent only when a token (the request's, or the
+        agent's default) hid entries; without a token, only the agent's default policy says
+        that some may be hidden."""
+        if self.headers.get("X-Consul-Results-Filtered-By-ACLs", "").lower() == "true":
+            return "hidden"
+        policy = self.headers.get("X-Consul-Default-ACL-Policy", "").lower()
+        return "maybe" if not token_sent and policy == "deny" else None
 
 
 @dataclass

@@ -43,7 +43,7 @@ from .connection import connect, is_transient
 from .consumer import ResultConsumer
 from .expiry import MIN_TTL, CleanupNeeded, ExpiryPlan, renew_pending
 from .kv import KVStore, ValueTooLarge, WriteConflict
-from .operations import ALL_KINDS, ResultFilter, ResultOperations
+from .operations import ALL_KINDS, ResultFilter, ResultOperations, hiding_text
 from .retry import RetryPolicy
 from .settings import OPTIONS, ConsulSettings, SettingsError, resolve
 
@@ -327,9 +327,18 @@ class ConsulBackend(WaitingMixin, ChordMixin, KeyValueStoreBackend):
     def cleanup(self) -> int:
         """Delete results, groups and chord counters whose recorded expiry (Flags) has passed;
         return how many. Celery beat runs it as ``celery.backend_cleanup``. Only keys that name
-        a Celery result are considered, and one rewritten meanwhile is kept (delete-cas)."""
+        a Celery result are considered, and one rewritten meanwhile is kept (delete-cas). When
+        the token's ACLs hid keys from the listing (or no token meets a deny-by-default agent),
+        a warning says so: those results stay, and Consul would not say it."""
         expired = ResultFilter(expired=True, kinds=ALL_KINDS)
-        return self.operations().purge(expired).deleted
+        operations = self.operations()
+        deleted = operations.purge(expired).deleted
+        if operations.hidden is not None:  # what the token may not read stays, unsaid by Consul
+            logger.warning(
+                "cleanup: %s: expired results hidden from it were not deleted",
+                hiding_text(operations.hidden, self.store.prefix),
+            )
+        return deleted
 
     def exception_safe_to_retry(self, exc: BaseException) -> bool:
         """Transient failures Celery may retry (``result_backend_always_retry``): lost

@@ -142,6 +142,11 @@ class Transport:
         # transports that may answer for each other (the waiting service batches their keys)
         self.identity = (id(self.pool), token, settings.datacenter)
 
+    @property
+    def sends_token(self) -> bool:
+        """Whether requests carry a token: Consul reports ACL-filtered lists only then."""
+        return bool(self._token)
+
     def send(
         self,
         method: str,

@@ -174,7 +174,10 @@ def _cut(text: str, width: int) -> str:
 
 
 def main() -> None:
-    from consulresults.devserver import DevServer
+    try:
+        from consulresults.devserver import DevServer
+    except ModuleNotFoundError as exc:  # a plain install: its message says what to install
+        sys.exit(f"consulresults.demo: {exc}")
 
     console = Console()
     with DevServer() as server, tempfile.TemporaryDirectory() as tmp:

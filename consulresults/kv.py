@@ -23,10 +23,11 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 from . import layout, rings
-from .answers import denial
+from .answers import Hiding, denial
 from .batching import Batcher, Member, batcher_for
 from .connection import ConsulError, Interrupt, Response, Transport, TxnAnswer, is_transient
 from .deadline import clamp
@@ -68,6 +69,14 @@ def encode_value(data: bytes) -> str:
 def decoded(entry: dict[str, Any]) -> Entry:
     """An entry as Consul sends it, with its value base64-decoded."""
     return {**entry, "Value": decode_value(entry.get("Value"))}
+
+
+@dataclass(frozen=True)
+class KeyListing:
+    """The keys a ``?keys`` listing gave, and what ACLs kept from it (``Response.hiding``)."""
+
+    keys: list[str]
+    hiding: Hiding | None
 
 
 class KVStore:
@@ -174,13 +183,19 @@ class KVStore:
 
     def list_keys(self) -> list[str]:
         """Every key under the prefix (one ``?keys`` request)."""
+        return self.key_listing().keys
+
+    def key_listing(self) -> KeyListing:
+        """Every key under the prefix the token may read (one ``?keys`` request), and whether
+        ACLs hid others: Consul filters a list rather than refusing it."""
         head = f"{self.prefix}/" if self.prefix else ""
         response = READS.call(
             lambda: self.transport.request(
                 "GET", f"/v1/kv/{head}", [("keys", "1")], expect=(200, 404)
             )
         )
-        return response.body if response.status == 200 else []
+        keys = response.body if response.status == 200 else []
+        return KeyListing(keys, response.hiding(self.transport.sends_token))
 
     def read_blocking(
         self,
@@ -198,11 +213,16 @@ class KVStore:
         entry = decoded(response.body[0]) if response.status == 200 else None
         return entry, new_index
 
-    def read_tree_blocking(self, index: int, wait: float) -> tuple[list[dict[str, Any]], int]:
+    def read_tree_blocking(
+        self, index: int, wait: float
+    ) -> tuple[list[dict[str, Any]], int, Hiding | None]:
         """Every entry under the prefix in one blocking GET (Consul has no other way to watch a
         prefix), values left base64-encoded so that only the ones a caller needs are decoded
-        (:func:`decoded`); and the index to wait past next."""
-        return self.read_prefix_blocking(f"{self.prefix}/" if self.prefix else "", index, wait)
+        (:func:`decoded`); the index to wait past next; and whether ACLs hid entries."""
+        head = f"{self.prefix}/" if self.prefix else ""
+        response, new_index = self._get_blocking(head, [("recurse", "1")], index, wait)
+        entries = response.body if response.status == 200 else []
+        return entries, new_index, response.hiding(self.transport.sends_token)
 
     def read_prefix_blocking(
         self,

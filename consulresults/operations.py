@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any, TypeVar, cast
 
 from . import layout
+from .answers import Hiding
 from .codec import decode_meta
 from .connection import ConsulError
 from .consumer import ResultConsumer
@@ -28,6 +29,17 @@ RETRIED_AS, RETRIED_AT = "retried_as", "retried_at"  # the mark `retry --mark` a
 BLOCK_SECONDS = 10.0
 ALL_KINDS = frozenset(layout.KINDS.values())
 T = TypeVar("T")
+
+
+def hiding_text(hiding: Hiding, prefix: str) -> str:
+    """What a listing's :data:`~consulresults.answers.Hiding` means, for a warning line."""
+    where = f"under {prefix or '(root)'}/"
+    if hiding == "hidden":
+        return f"the token's ACLs hid some results {where} from Consul's listing"
+    return (
+        "no token was sent and the agent's ACLs deny by default, so results "
+        f"{where} may be hidden (Consul tells only a token what it hid)"
+    )
 
 
 class WaitTimeout(Exception):
@@ -175,7 +187,12 @@ class PurgeReport:
 class ResultOperations:
     """The operations on results under one prefix. ``expiry`` is the plan the app's
     ``result_expires`` gets (for ``doctor``); ``decode`` turns a stored value into Celery's meta
-    dict; ``retry`` wraps waits (an app's ``result_backend_always_retry`` policy)."""
+    dict; ``retry`` wraps waits (an app's ``result_backend_always_retry`` policy).
+
+    Consul filters a list by the token's ACLs rather than refusing it, so every listing's
+    :data:`~consulresults.answers.Hiding` is kept in ``hidden`` (``hidden`` beats ``maybe``)
+    and handed to ``on_hidden`` when it first appears or grows: a caller says that what it
+    shows is partial."""
 
     def __init__(
         self,
@@ -188,10 +205,24 @@ class ResultOperations:
         self.expiry = expiry
         self.decode = decode
         self.retry = retry
+        self.hidden: Hiding | None = None
+        self.keys_hidden = False  # a key listing was filtered: idle sessions are not provable
+        self.on_hidden: Callable[[Hiding], None] | None = None
 
     @property
     def prefix(self) -> str:
         return self.store.prefix
+
+    def _saw(self, hiding: Hiding | None, keys: bool = False) -> None:
+        """Keep what ACLs kept from a listing; tell ``on_hidden`` when it is new or worse."""
+        if hiding is None:
+            return
+        self.keys_hidden = self.keys_hidden or (keys and hiding == "hidden")
+        if self.hidden == "hidden" or hiding == self.hidden:
+            return
+        self.hidden = hiding
+        if self.on_hidden is not None:
+            self.on_hidden(hiding)
 
     def iter_results(self, kinds: frozenset[str] = frozenset({"task"})) -> Iterator[StoredResult]:
         """Every result, group or chord key under the prefix, in key order, read in batches.
@@ -200,9 +231,11 @@ class ResultOperations:
         so memory holds the key names and one batch, whatever the number of results. Keys that
         are not Celery's (other applications', other prefixes') are never returned.
         """
+        listing = self.store.key_listing()
+        self._saw(listing.hiding, keys=True)
         parsed = [
             p
-            for p in (layout.parse_key(self.prefix, k) for k in self.store.list_keys())
+            for p in (layout.parse_key(self.prefix, k) for k in listing.keys)
             if p is not None and p.kind in kinds
         ]
         size = self.store.txn_ops
@@ -299,7 +332,10 @@ class ResultOperations:
         index = 0
         while True:
             started = time.monotonic()
-            entries, index = self._waiting(self.store.read_tree_blocking, index, BLOCK_SECONDS)
+            entries, index, hiding = self._waiting(
+                self.store.read_tree_blocking, index, BLOCK_SECONDS
+            )
+            self._saw(hiding, keys=True)
             if max_keys is not None and len(entries) > max_keys:
                 raise WatchTooLarge(len(entries))
             changed = [
@@ -330,8 +366,10 @@ class ResultOperations:
         counts, when the caller has read every key already."""
         if held is None:
             held = Counter(r.session for r in self.iter_results(ALL_KINDS) if r.session)
-        listed = self.store.transport.request("GET", "/v1/session/list").body
-        return [dict(s, Held=held.get(s["ID"], 0)) for s in listed or []]
+        transport = self.store.transport
+        listed = transport.request("GET", "/v1/session/list")
+        self._saw(listed.hiding(transport.sends_token))
+        return [dict(s, Held=held.get(s["ID"], 0)) for s in listed.body or []]
 
     def idle_sessions(
         self, among: set[str] | None = None, listed: list[dict[str, Any]] | None = None
@@ -340,9 +378,14 @@ class ResultOperations:
         ours made for this prefix (the name says so) holding no key under it and no longer
         handed out to writers (the name says until when), and Celery
         built-in ones (named after the one key they were made for) not holding that key here.
-        ``listed``: :meth:`sessions`, when the caller has it already."""
+        ``listed``: :meth:`sessions`, when the caller has it already. None at all when the
+        token's ACLs hid keys under the prefix: a session may hold one of those (destroying it
+        would delete it)."""
         idle, now = [], time.time()
-        for session in self.sessions() if listed is None else listed:
+        listed = self.sessions() if listed is None else listed
+        if self.keys_hidden:
+            return []
+        for session in listed:
             if session["Held"] or (among is not None and session["ID"] not in among):
                 continue
             name = session.get("Name") or ""

@@ -9,6 +9,11 @@
 
 Tests that need the dev server's own features (fault injection, request counters, options) skip
 with the reason when ``CONSUL_HTTP_ADDR`` points at a real agent.
+
+pytest loads this plugin in every run of every project that installs the package, so it imports
+nothing of the dev server (nor aiohttp, which only the ``server`` extra installs) until a fixture
+needs it; without the extra, such a fixture fails its test with the one line saying what to
+install.
 """
 
 from __future__ import annotations
@@ -17,10 +22,13 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit
 
 import pytest
+
+if TYPE_CHECKING:
+    from consulresults.devserver import DevServer
 
 REAL_AGENT_SKIP = (
     "needs the consul-results dev server (fault injection, counters or server options); "
@@ -63,6 +71,16 @@ class ExternalConsul:
         pytest.skip(REAL_AGENT_SKIP)
 
 
+def dev_server_class() -> type[DevServer]:
+    """The dev server, imported when a fixture first needs one; without aiohttp, the test fails
+    with the dev server's one line (``pip install 'consul-results[server]'``)."""
+    try:
+        from consulresults.devserver import DevServer
+    except ModuleNotFoundError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    return DevServer
+
+
 def external_consul() -> ExternalConsul | None:
     """The agent named by CONSUL_HTTP_ADDR (``host:port`` or a URL), if any."""
     addr = os.environ.get("CONSUL_HTTP_ADDR")
@@ -86,10 +104,8 @@ def _consul_server_session(consul_dev_server_options: dict[str, Any]) -> Iterato
     if external is not None:
         yield external
         return
-    from consulresults.devserver import DevServer
-
     server: Any  # given is_dev_server and token below, the attributes ExternalConsul has
-    with DevServer(**consul_dev_server_options) as server:
+    with dev_server_class()(**consul_dev_server_options) as server:
         server.is_dev_server = True
         server.token = None
         yield server
@@ -124,12 +140,11 @@ def consul_dev_server_factory() -> Iterator[Callable[..., object]]:
     """``start(**options)`` starts a dedicated dev server, stopped after the test."""
     if external_consul() is not None:
         pytest.skip(REAL_AGENT_SKIP)
-    from consulresults.devserver import DevServer
-
+    server_class = dev_server_class()
     servers: list[DevServer] = []
 
     def start(**options: Any) -> object:
-        server: Any = DevServer(**options).start()  # given the attributes ExternalConsul has
+        server: Any = server_class(**options).start()  # given the attributes ExternalConsul has
         server.is_dev_server = True
         server.token = None
         servers.append(server)

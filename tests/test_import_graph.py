@@ -1,10 +1,12 @@
 """Dependencies inside the package point one way: no import circle, counting the imports made
 inside functions too (a lazy import is still a dependency), and the dev server imports nothing
-from the rest."""
+from the rest; nothing but the dev server needs aiohttp (the ``server`` extra)."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "consulresults"
@@ -73,3 +75,40 @@ def test_the_dev_server_imports_nothing_from_the_rest():
         if name.startswith("consulresults.devserver"):
             outside = {m for m in imported if not m.startswith("consulresults.devserver")}
             assert outside <= {"consulresults"}, (name, outside)
+
+
+WITHOUT_AIOHTTP = """
+import importlib, pkgutil, sys
+sys.modules["aiohttp"] = None  # import aiohttp raises ModuleNotFoundError, as on a plain install
+import consulresults
+for module in pkgutil.walk_packages(consulresults.__path__, "consulresults."):
+    if not module.name.startswith(("consulresults.devserver", "consulresults.__main__")):
+        importlib.import_module(module.name)
+print(sorted(m for m in sys.modules if m.startswith(("aiohttp", "consulresults.devserver"))))
+"""
+
+
+def test_only_the_dev_server_needs_aiohttp():
+    """A plain install (no ``server`` extra) has no aiohttp: every other module, the pytest plugin
+    and the CLI included, imports without it and without importing the dev server."""
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_AIOHTTP], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['aiohttp']"  # only our None
+
+
+def test_the_dev_server_without_aiohttp_says_how_to_get_it():
+    script = (
+        "import sys; sys.modules['aiohttp'] = None; "
+        "sys.argv = ['consul-results', 'dev-server', '--port', '0']; "
+        "from consulresults.cli import main; main()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert done.stderr == (
+        "consul-results: the dev server needs aiohttp, which is not installed: "
+        "pip install 'consul-results[server]'\n"
+    )

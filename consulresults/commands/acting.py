@@ -8,7 +8,7 @@ the summary counts the reasons. The rules are in :mod:`consulresults.requeue`, t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -21,6 +21,15 @@ from .options import (
     NewerOption,
     OlderOption,
     PingTimeoutOption,
+    RetryAgainOption,
+    RetryDryRunOption,
+    RetryForceOption,
+    RetryIdsArgument,
+    RetryLimitOption,
+    RetryMarkOption,
+    RetryMaxOption,
+    RetryOrphanedOption,
+    RetryOutputOption,
     StateOption,
     TaskOption,
     YesOption,
@@ -31,7 +40,6 @@ from .options import (
     open_guarded,
     orphan_check,
     orphans_among,
-    output_option,
     selection,
 )
 
@@ -46,76 +54,23 @@ SENT_COLUMNS = ("id", "task", "new_id")
 @consul_command
 def retry(
     conn: Connection,
-    task_ids: Annotated[
-        list[str] | None,
-        typer.Argument(
-            metavar="ID",
-            help="Task ids to re-send; - reads them from standard input. Without ids, --state "
-            "selects.",
-        ),
-    ] = None,
+    task_ids: RetryIdsArgument = None,
     state: StateOption = None,
     task: TaskOption = None,
     newer_than: NewerOption = None,
     older_than: OlderOption = None,
-    limit: Annotated[
-        int | None,
-        typer.Option(
-            "--limit",
-            metavar="N",
-            min=1,
-            help="Re-send at most N of the selection, oldest first; the rest wait for the "
-            "next run.",
-        ),
-    ] = None,
-    max_sent: Annotated[
-        int | None,
-        typer.Option(
-            "--max",
-            metavar="N",
-            min=0,
-            help="Refuse (exit 2, nothing sent) if more than N would be re-sent.",
-        ),
-    ] = None,
-    mark: Annotated[
-        bool,
-        typer.Option(
-            "--mark",
-            help="First claim each result with one compare-and-swap write recording the new "
-            "id and when; only a claimed result is sent, so concurrent runs send it once and "
-            "later runs skip it (safe in cron).",
-        ),
-    ] = False,
-    again: Annotated[
-        bool, typer.Option("--again", help="Also re-send results already marked as retried.")
-    ] = False,
-    force: Annotated[
-        bool,
-        typer.Option(
-            "--force",
-            help="Results named by id: re-send whatever their state, acks_late or chain, "
-            "group or chord membership.",
-        ),
-    ] = False,
-    orphaned: Annotated[
-        bool,
-        typer.Option(
-            "--orphaned",
-            help="Select the orphaned STARTED results instead of --state (see ls --orphaned); "
-            "each is claimed as with --mark, so one that moved since it was read is left.",
-        ),
-    ] = False,
+    limit: RetryLimitOption = None,
+    max_sent: RetryMaxOption = None,
+    mark: RetryMarkOption = False,
+    again: RetryAgainOption = False,
+    force: RetryForceOption = False,
+    orphaned: RetryOrphanedOption = False,
     min_age: MinAgeOption = "10m",
     ping_timeout: PingTimeoutOption = 2.0,
     all_prefixes: AllPrefixesOption = False,
     yes: YesOption = False,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Show what would be re-sent; send and mark nothing.")
-    ] = False,
-    output: output_option(  # type: ignore[valid-type]  # a call: Typer evaluates it
-        "table (default on a terminal), json, ndjson, tsv (default when piped): old id, task, "
-        "new id; or ids: the new ids (with --dry-run, the old ones)."
-    ) = None,
+    dry_run: RetryDryRunOption = False,
+    output: RetryOutputOption = None,
 ) -> None:
     """Re-send failed tasks with their stored name, args, kwargs and queue (result_extended)
     through the Celery app's broker (-A), under new task ids. Only tasks the app registers are
@@ -136,14 +91,10 @@ def retry(
         )
     mark = mark or orphaned  # the claim's compare-and-swap is on the index read before asking
     app = conn.require_app("retry sends tasks through the Celery app's broker")
-    from ..celery_requeue import AppRequeue
-    from ..requeue import Sent, oldest_first, plan, plan_ids
+    from ..requeue import oldest_first, plan, plan_ids
 
     check = orphan_check(conn, orphaned, min_age, ping_timeout)
-    try:
-        target = AppRequeue(app)
-    except Exception as exc:  # the user's task modules failing to import, with their reason
-        raise fail(f"cannot load the Celery app's task modules: {exc}", EXIT_USAGE) from None
+    target = _target(app)
     if ids is not None:  # named ids need no --all-prefixes, as for rm
         ops = conn.open()
         chosen = plan_ids(ops, ids, rules, target)
@@ -151,20 +102,39 @@ def retry(
         ops = open_guarded(conn, all_prefixes)
         wanted = selection(sorted(rules.states), task, older_than, newer_than, False, False, False)
         chosen = plan(oldest_first(_selected(ops, wanted, check)), rules, target, limit)
-    skipped = list(chosen.skipped)
-    count = len(chosen.send)
-    if max_sent is not None and count > max_sent:
+    if max_sent is not None and len(chosen.send) > max_sent:
         raise fail(
-            f"{count} results would be re-sent, over --max {max_sent}: nothing sent (narrow "
-            "the selection, or raise --max)",
+            f"{len(chosen.send)} results would be re-sent, over --max {max_sent}: nothing sent "
+            "(narrow the selection, or raise --max)",
             EXIT_USAGE,
         )
+    _carry_out(ops, chosen, target, app.main, mark, yes, dry_run, fmt)
+
+
+def _carry_out(
+    ops: ResultOperations,
+    chosen: Plan,
+    target: App,
+    app_name: str,
+    mark: bool,
+    yes: bool,
+    dry_run: bool,
+    fmt: str,
+) -> None:
+    """Ask, send and say what was sent and skipped; the exit status says whether a named id had
+    no result."""
+    from ..requeue import Sent
+
+    skipped = list(chosen.skipped)
     sent: list[Sent] = []
     if dry_run:
         sent = [Sent(r.id, r.task_name or "", None) for r in chosen.send]
-    elif count:
+    elif chosen.send:
         claiming = ", claiming each first" if mark else ""
-        confirm(f"re-send {count} task(s) through the broker of app {app.main!r}{claiming}", yes)
+        confirm(
+            f"re-send {len(chosen.send)} task(s) through the broker of app {app_name!r}{claiming}",
+            yes,
+        )
     for skip in skipped:  # after the refusals, so that a refusal is its one line
         _say(skip)
     try:
@@ -174,6 +144,17 @@ def retry(
         _report(sent, skipped, chosen, fmt, dry_run)
     missing = any(s.reason == "no result" for s in skipped)
     raise typer.Exit(EXIT_NOT_FOUND if missing else EXIT_OK)
+
+
+def _target(app: Any) -> App:
+    """The app's side of a re-send; its task modules are imported here, so that one failing to
+    import is one line with its reason."""
+    from ..celery_requeue import AppRequeue
+
+    try:
+        return AppRequeue(app)
+    except Exception as exc:  # the user's code: any exception, said as it is
+        raise fail(f"cannot load the Celery app's task modules: {exc}", EXIT_USAGE) from None
 
 
 def _rules(

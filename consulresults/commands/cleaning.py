@@ -31,6 +31,7 @@ from .options import (
     NoSessionOption,
     OlderOption,
     OrphanedOption,
+    PartialOkOption,
     PingTimeoutOption,
     StateOption,
     TaskOption,
@@ -38,9 +39,11 @@ from .options import (
     confirm,
     consul_command,
     ids_from,
+    notice_hidden,
     open_guarded,
     orphan_check,
     orphans_among,
+    partial_status,
     selection,
 )
 
@@ -132,14 +135,18 @@ def purge(
     orphaned: OrphanedOption = False,
     min_age: MinAgeOption = "10m",
     ping_timeout: PingTimeoutOption = 2.0,
+    partial_ok: PartialOkOption = False,
 ) -> None:
     """Delete every result under the prefix that the filters match, in /v1/txn batches with
     delete-cas: a result rewritten meanwhile is skipped, never deleted. Stopped early (Ctrl-C,
     SIGTERM, Consul gone), it says what it did; run it again to finish. With --orphaned, the
-    workers are asked first: if none answers, nothing is deleted (exit 4)."""
+    workers are asked first: if none answers, nothing is deleted (exit 4). When the token's
+    ACLs hid results from the listing, what it may read is purged and the exit status is 5
+    (a dry run too), unless --partial-ok."""
     chosen = selection(state, task, older_than, newer_than, expired, no_session, include_unreadable)
     check = orphan_check(conn, orphaned, min_age, ping_timeout)
     ops = open_guarded(conn, all_prefixes)
+    notice_hidden(ops, exits=not partial_ok)
     # the workers are asked before the question: a refusal comes first
     orphans = None if check is None else orphans_among(check, ops, ops.matching(chosen))
     if not dry_run:
@@ -166,7 +173,8 @@ def purge(
         typer.echo(render.purge_summary(report, as_json, complete=False))
         raise  # its own error line, from consul_command
     typer.echo(render.purge_summary(report, as_json))
-    raise typer.Exit(EXIT_NOT_FOUND if detailed_exitcode and not report.matched else EXIT_OK)
+    status = EXIT_NOT_FOUND if detailed_exitcode and not report.matched else EXIT_OK
+    raise typer.Exit(partial_status(ops, partial_ok, status))
 
 
 class _Stopped(Exception):

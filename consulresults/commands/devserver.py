@@ -168,9 +168,14 @@ def dev_server(
     fault_reset_fraction: FaultResetFraction = 0.0,
     fault_seed: FaultSeed = None,
 ) -> None:
-    """Run a Consul-compatible dev server (single node, for development and tests only)."""
+    """Run a Consul-compatible dev server (single node, for development and tests only).
+
+    It needs the server extra: pip install 'consul-results[server]'."""
     given = dict(locals())  # first: exactly the options above
-    from ..devserver import DevServerOptions, ListenError, OptionError, run
+    try:
+        from ..devserver import DevServerOptions, ListenError, OptionError, run
+    except ModuleNotFoundError as exc:  # a plain install: its message says what to install
+        raise fail(str(exc)) from None
 
     try:
         run(DevServerOptions(**given))

@@ -15,6 +15,7 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 EXIT_CANNOT_TELL = 4  # --orphaned: no worker answered, so orphans cannot be told apart
+EXIT_PARTIAL = 5  # stats, purge: the token's ACLs hid results from the listing (--partial-ok)
 EXIT_UNAVAILABLE = 69
 EXIT_TIMEOUT = 75
 EXIT_PERMISSION = 77

@@ -23,11 +23,12 @@ import typer
 
 from .. import render
 from ..settings import OPTIONS
-from .errors import EXIT_USAGE, consul_errors, fail
+from .errors import EXIT_PARTIAL, EXIT_USAGE, consul_errors, fail
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from ..answers import Hiding
     from ..operations import ResultFilter, ResultOperations, StoredResult
     from ..orphans import OrphanCheck
 
@@ -58,7 +59,9 @@ class Connection:
         overrides = dict(self.overrides)
         if self.stale or self.consistent:
             overrides["consistency"] = "stale" if self.stale else "consistent"
-        return open_operations(self._url(), overrides, self.celery_app())
+        ops = open_operations(self._url(), overrides, self.celery_app())
+        notice_hidden(ops)
+        return ops
 
     def _url(self) -> str | None:
         """``--backend-url``, else ``CONSUL_RESULTS_BACKEND_URL`` unless ``-A`` was given: a
@@ -257,6 +260,104 @@ PingTimeoutOption = Annotated[
         help="With --orphaned: how long to wait for the workers' answers.",
     ),
 ]
+
+PartialOkOption = Annotated[
+    bool,
+    typer.Option(
+        "--partial-ok",
+        help=f"A partial view is intended: no exit {EXIT_PARTIAL} when the token's ACLs hid "
+        "results from the listing (the warning line stays).",
+    ),
+]
+
+# ------------------------------------------------------------------------------- options of retry
+
+RetryIdsArgument = Annotated[
+    list[str] | None,
+    typer.Argument(
+        metavar="ID",
+        help="Task ids to re-send; - reads them from standard input. Without ids, --state selects.",
+    ),
+]
+RetryLimitOption = Annotated[
+    int | None,
+    typer.Option(
+        "--limit",
+        metavar="N",
+        min=1,
+        help="Re-send at most N of the selection, oldest first; the rest wait for the next run.",
+    ),
+]
+RetryMaxOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max",
+        metavar="N",
+        min=0,
+        help="Refuse (exit 2, nothing sent) if more than N would be re-sent.",
+    ),
+]
+RetryMarkOption = Annotated[
+    bool,
+    typer.Option(
+        "--mark",
+        help="First claim each result with one compare-and-swap write recording the new id and "
+        "when; only a claimed result is sent, so concurrent runs send it once and later runs "
+        "skip it (safe in cron).",
+    ),
+]
+RetryAgainOption = Annotated[
+    bool, typer.Option("--again", help="Also re-send results already marked as retried.")
+]
+RetryForceOption = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Results named by id: re-send whatever their state, acks_late or chain, group or "
+        "chord membership.",
+    ),
+]
+RetryOrphanedOption = Annotated[
+    bool,
+    typer.Option(
+        "--orphaned",
+        help="Select the orphaned STARTED results instead of --state (see ls --orphaned); each "
+        "is claimed as with --mark, so one that moved since it was read is left.",
+    ),
+]
+RetryDryRunOption = Annotated[
+    bool, typer.Option("--dry-run", help="Show what would be re-sent; send and mark nothing.")
+]
+RetryOutputOption = output_option(
+    "table (default on a terminal), json, ndjson, tsv (default when piped): old id, task, new id; "
+    "or ids: the new ids (with --dry-run, the old ones)."
+)
+
+
+def notice_hidden(ops: ResultOperations, exits: bool = False) -> None:
+    """Say on stderr, in one line, when a listing comes back filtered by the token's ACLs (or
+    may be, without a token): :meth:`Connection.open` sets it for every command; ``exits``
+    (``stats``, ``purge`` without ``--partial-ok``) adds that the command exits for it."""
+    from ..operations import hiding_text
+
+    def say(hiding: Hiding) -> None:
+        if hiding == "maybe":
+            consequence = "give --token or --token-file"
+        else:
+            consequence = "this covers only what it may read"
+            if exits:
+                consequence += f" (exit {EXIT_PARTIAL}; --partial-ok if that is intended)"
+        typer.echo(
+            f"consul-results: warning: {hiding_text(hiding, ops.prefix)}: {consequence}", err=True
+        )
+
+    ops.on_hidden = say
+
+
+def partial_status(ops: ResultOperations, partial_ok: bool, status: int) -> int:
+    """``status``, or :data:`EXIT_PARTIAL` when the token's ACLs hid results from a listing and
+    ``--partial-ok`` did not say that a partial view is intended."""
+    return EXIT_PARTIAL if ops.hidden == "hidden" and not partial_ok else status
 
 
 def check_format(fmt: str | None) -> str:

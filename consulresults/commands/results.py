@@ -21,6 +21,7 @@ from .options import (
     OlderOption,
     OrphanedOption,
     OutputOption,
+    PartialOkOption,
     PingTimeoutOption,
     RetriedOption,
     StateOption,
@@ -28,10 +29,12 @@ from .options import (
     check_format,
     consul_command,
     ids_from,
+    notice_hidden,
     open_guarded,
     orphan_check,
     orphans_among,
     output_option,
+    partial_status,
     selection,
 )
 
@@ -209,6 +212,7 @@ def stats(
     ] = False,
     min_age: MinAgeOption = "10m",
     ping_timeout: PingTimeoutOption = 2.0,
+    partial_ok: PartialOkOption = False,
     output: output_option(  # type: ignore[valid-type]  # a call: Typer evaluates it
         "table (default on a terminal), json, ndjson, tsv (default when piped), or "
         "prometheus (text format, for node_exporter's textfile collector)."
@@ -218,10 +222,13 @@ def stats(
     sessions holding results or nothing, results without expiry, and per task name the
     finished results with their runtime p50, p95 and max in seconds (date_done minus the
     date_started the worker stored; results without it, such as Celery's built-in backend
-    writes, are counted as without_start) (at the root prefix only with --all-prefixes)."""
+    writes, are counted as without_start) (at the root prefix only with --all-prefixes). Exit 5
+    when the token's ACLs hid results from the listing (the figures are partial), unless
+    --partial-ok."""
     fmt = "prometheus" if output == "prometheus" else check_format(output)
     check = orphan_check(conn, orphaned, min_age, ping_timeout)
     ops = open_guarded(conn, all_prefixes)
+    notice_hidden(ops, exits=not partial_ok)
     data = ops.stats()
     if check is not None:  # a second read of the STARTED ones: the broadcast needs their ids
         started = selection(["STARTED"], None, None, None, False, False, False)
@@ -230,8 +237,9 @@ def stats(
         from ..prometheus import exposition
 
         sys.stdout.write(exposition(data, ops.prefix))
-        return
-    render.emit_stats(data, fmt)
+    else:
+        render.emit_stats(data, fmt)
+    raise typer.Exit(partial_status(ops, partial_ok, EXIT_OK))
 
 
 @consul_command
