@@ -83,9 +83,8 @@ class ConsulBackend(WaitingMixin, ChordMixin, KeyValueStoreBackend):
         super().__init__(*args, url=url, **kwargs)
         conf = self.app.conf
         explicit = {name: conf.get(f"consulresults_{name}") for name in OPTIONS}
-        explicit.update({k: v for k, v in (overrides or {}).items() if v is not None})
         try:
-            self.settings: ConsulSettings = resolve(url, explicit)
+            self.settings: ConsulSettings = resolve(url, explicit, overrides=overrides)
             self.transport = connect(self.settings)
         except SettingsError as exc:
             raise ImproperlyConfigured(f"consulresults backend: {exc}") from None
