@@ -94,6 +94,13 @@ class ConsulBackend(WaitingMixin, ChordMixin, KeyValueStoreBackend):
         self.chords = ChordStore(self.store)
         self.prefix = self.settings.prefix
         _warn_if_token_in_user_part(url)
+        if "http_auth=" in (url or "").partition("?")[2] or explicit.get("http_auth"):
+            warnings.warn(
+                "`celery report` prints basic auth given in result_backend's query or the "
+                "consulresults_http_auth setting: set CONSUL_HTTP_AUTH in the environment instead",
+                UserWarning,
+                stacklevel=2,
+            )
         self.expires = self.prepare_expires(kwargs.get("expires"), type=float)
         failure = conf.get("result_failure_expires")
         self.failure_expires = (

@@ -420,11 +420,7 @@ OPTIONS: dict[str, Option] = {
             help="Consul address, as CONSUL_HTTP_ADDR: host[:port], http(s)://host[:port][/path] "
             "(no port: 80, or 443 for https or CONSUL_HTTP_SSL=true) or unix:///path/to/socket.",
         ),
-        Option(
-            "socket",
-            lambda value, where: socket_address(str(value), where),
-            metavar="PATH",
-        ),
+        Option("socket", lambda value, where: socket_address(str(value), where)),
         Option(
             "path_prefix",
             lambda value, where: {"path_prefix": normalize_path_prefix(str(value))},

@@ -346,7 +346,8 @@ def test_the_backend_url_forms_for_a_path_and_basic_auth(proxied, make_app):
 
     url = f"consulresults://{proxied.address}/proxied-app?path_prefix=/consul&http_auth=u:p:w"
     app = make_app(backend=url)
-    app.backend.store_result("behind-a-proxy", "ok", states.SUCCESS)
+    with pytest.warns(UserWarning, match="set CONSUL_HTTP_AUTH in the environment instead"):
+        app.backend.store_result("behind-a-proxy", "ok", states.SUCCESS)
     assert app.AsyncResult("behind-a-proxy").get(timeout=10) == "ok"
     assert "p:w" not in app.backend.as_uri() and "http_auth" not in app.backend.as_uri()
     assert all(seen.path.startswith("/consul/v1/") for seen in proxied.seen)
@@ -355,7 +356,8 @@ def test_the_backend_url_forms_for_a_path_and_basic_auth(proxied, make_app):
         consulresults_path_prefix="consul",
         consulresults_http_auth="u:p:w",
     )
-    assert settings_app.AsyncResult("behind-a-proxy").get(timeout=10) == "ok"
+    with pytest.warns(UserWarning, match="`celery report` prints basic auth"):
+        assert settings_app.AsyncResult("behind-a-proxy").get(timeout=10) == "ok"
 
 
 def test_the_cli_flags_for_a_path_and_basic_auth_and_the_auth_is_never_printed(proxied):
