@@ -72,11 +72,13 @@ def _load_ca_path(context: ssl.SSLContext, directory: str) -> None:
     """Trust every file under ``directory`` (recursively), each of which must hold PEM
     certificates, as Consul's go-rootcerts does: no OpenSSL hashed names needed (Python's own
     ``capath`` would want them, and silently skip other names)."""
-    files = sorted(
-        os.path.join(root, name) for root, _, names in os.walk(directory) for name in names
-    )
-    if not os.path.isdir(directory) or not files:
-        what = "holds no files" if os.path.isdir(directory) else "is not a directory"
+    if os.path.isdir(directory):
+        walked = os.walk(directory)
+        files = sorted(os.path.join(root, name) for root, _, names in walked for name in names)
+    else:  # go-rootcerts walks a lone file too
+        files = [directory] if os.path.exists(directory) else []
+    if not files:
+        what = "holds no files" if os.path.isdir(directory) else "does not exist"
         raise SettingsError(
             f"cannot use the CA path {directory}: it {what} (expect a directory of PEM CA "
             "certificates)"

@@ -22,13 +22,15 @@ class Seen:
 class RecordingProxy:
     """``with RecordingProxy("127.0.0.1:8500", prefix="/consul") as proxy: proxy.address``"""
 
-    def __init__(self, upstream: str, prefix: str = "", auth: str | None = None) -> None:
+    def __init__(
+        self, upstream: str, prefix: str = "", auth: str | None = None, port: int = 0
+    ) -> None:
         self.upstream = upstream
         self.prefix = prefix
         self.auth = auth  # the whole Authorization header required, e.g. "Basic dTpw"
         self.seen: list[Seen] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
         self._server.daemon_threads = True
         self._server.proxy = self  # type: ignore[attr-defined]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)

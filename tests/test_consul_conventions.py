@@ -145,6 +145,22 @@ def test_servers_on_ports_80_and_443_are_reached_without_a_port(
     assert result.returncode == 0, result.stderr
 
 
+def test_a_proxy_on_port_80_sees_the_bare_host_name(consul_dev_server_factory):
+    """``http://127.0.0.1/consul``: port 80, the path kept, and ``Host: 127.0.0.1`` without the
+    scheme's own port, as Go's client sends it (a proxy routing on names sees the bare name)."""
+    server = consul_dev_server_factory()
+    try:
+        proxy = RecordingProxy(server.address, prefix="/consul", port=80)
+    except OSError as exc:
+        pytest.fail(f"cannot bind 127.0.0.1:80 ({exc}): this test must run as root")
+    with proxy:
+        transport = connect(resolve(None, environ={"CONSUL_HTTP_ADDR": "http://127.0.0.1/consul"}))
+        assert transport.send("GET", "/v1/status/leader").status == 200
+    assert [(seen.path, seen.headers["Host"]) for seen in proxy.seen] == [
+        ("/consul/v1/status/leader", "127.0.0.1")
+    ]
+
+
 def _bound(factory, **options):
     try:
         return factory(**options)
@@ -445,11 +461,16 @@ def test_a_file_in_the_ca_directory_that_is_not_pem_is_named(tls_server, tmp_pat
     (ca_dir / "README").write_bytes(b"\xff\xfe binary")
     with pytest.raises(SettingsError, match=r"README of the CA path .*: not PEM"):
         connect(resolve(None, environ={"CONSUL_HTTP_SSL": "1", "CONSUL_CAPATH": str(ca_dir)}))
-    for missing in (tmp_path / "nowhere", tmp_path / "empty"):
-        if missing.name == "empty":
-            missing.mkdir()
-        with pytest.raises(SettingsError, match=f"cannot use the CA path {missing}"):
+    (tmp_path / "empty").mkdir()
+    for missing, what in ((tmp_path / "nowhere", "does not exist"), (tmp_path / "empty", "holds")):
+        with pytest.raises(SettingsError, match=f"cannot use the CA path {missing}: it {what}"):
             connect(resolve(None, environ={"CONSUL_HTTP_SSL": "1", "CONSUL_CAPATH": str(missing)}))
+    # a lone file is walked too, as go-rootcerts does
+    lone = {
+        "CONSUL_HTTP_ADDR": f"https://{tls_server.address}",
+        "CONSUL_CAPATH": str(ca_dir / "ca.pem"),
+    }
+    assert connect(resolve(None, environ=lone)).send("GET", "/v1/status/leader").status == 200
 
 
 # ---------------------------------------------------------------------- Go booleans
