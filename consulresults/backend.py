@@ -83,9 +83,8 @@ class ConsulBackend(WaitingMixin, ChordMixin, KeyValueStoreBackend):
         super().__init__(*args, url=url, **kwargs)
         conf = self.app.conf
         explicit = {name: conf.get(f"consulresults_{name}") for name in OPTIONS}
-        explicit.update({k: v for k, v in (overrides or {}).items() if v is not None})
         try:
-            self.settings: ConsulSettings = resolve(url, explicit)
+            self.settings: ConsulSettings = resolve(url, explicit, overrides=overrides)
             self.transport = connect(self.settings)
         except SettingsError as exc:
             raise ImproperlyConfigured(f"consulresults backend: {exc}") from None
@@ -95,6 +94,13 @@ class ConsulBackend(WaitingMixin, ChordMixin, KeyValueStoreBackend):
         self.chords = ChordStore(self.store)
         self.prefix = self.settings.prefix
         _warn_if_token_in_user_part(url)
+        if "http_auth=" in (url or "").partition("?")[2] or explicit.get("http_auth"):
+            warnings.warn(
+                "`celery report` prints basic auth given in result_backend's query or the "
+                "consulresults_http_auth setting: set CONSUL_HTTP_AUTH in the environment instead",
+                UserWarning,
+                stacklevel=2,
+            )
         self.expires = self.prepare_expires(kwargs.get("expires"), type=float)
         failure = conf.get("result_failure_expires")
         self.failure_expires = (

@@ -137,9 +137,12 @@ class Transport:
         self.backpressure_patience = settings.backpressure_patience
         self.batching = settings.batching
         self._token = token
+        self._authorization = settings.authorization
+        self._path_prefix = settings.path_prefix
         self._datacenter = settings.datacenter
         self.pool = pool_for(settings)
-        # transports that may answer for each other (the waiting service batches their keys)
+        # transports that may answer for each other (the waiting service batches their keys);
+        # the pool is per endpoint: socket or host and port, address path, basic auth
         self.identity = (id(self.pool), token, settings.datacenter)
 
     @property
@@ -173,13 +176,16 @@ class Transport:
         headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "gzip", **(headers or {})}
         if self._token:
             headers["X-Consul-Token"] = self._token
+        if self._authorization:
+            headers["Authorization"] = self._authorization
         params = list(params or [])
         if self._datacenter and not any(name == "dc" for name, _ in params):
             params.append(("dc", self._datacenter))
+        query = f"?{urlencode(params)}" if params else ""
         request = _Request(
             method,
             path,
-            quote(path, safe="/:") + (f"?{urlencode(params)}" if params else ""),
+            quote(self._path_prefix + path, safe="/:") + query,
             data.encode() if isinstance(data, str) else data,
             headers,
             timeout or self.timeout,

@@ -82,10 +82,11 @@ class Pool:
         self._context = tls_context(settings)
         self._host, self._port = settings.host, settings.port
         self._server_name = settings.tls_server_name or settings.host
+        self._socket = settings.socket
         self.limits = Limits.of(settings)
         self.limit = self.limits.max_connections
         self.idle_timeout = self.limits.idle_timeout
-        self._host_pressure = HostPressure(self._host, self._port, PRESSURE_COOLDOWN)
+        self._host_pressure = HostPressure(settings.endpoint, PRESSURE_COOLDOWN)
         self.reset()
         forks.reset_in_forked_child(self)  # the idle sockets would be the parent's
 
@@ -170,7 +171,9 @@ class Pool:
         if connection is None and self._open < self._cap and now >= self._turn_at:
             self._open += 1
             self.peak = max(self.peak, self._open)
-            connection = Connection(self._host, self._port, self._context, self._server_name)
+            connection = Connection(
+                self._host, self._port, self._context, self._server_name, self._socket
+            )
         if connection is not None and long:
             self._long += 1
         return connection
@@ -291,12 +294,13 @@ _POOLS_LOCK = forks.Lock()
 
 
 def pool_for(settings: ConsulSettings) -> Pool:
-    """The process's pool for this agent, TLS set-up and limits (made on first use)."""
+    """The process's pool for this agent (its endpoint: socket or host and port, address path,
+    basic auth), TLS set-up and limits (made on first use)."""
     key = (
         settings.scheme,
-        settings.host,
-        settings.port,
+        settings.endpoint,
         settings.ca_file,
+        settings.ca_path,
         settings.client_cert,
         settings.client_key,
         settings.tls_server_name,

@@ -31,8 +31,10 @@ CHECK_EVERY = 0.1
 class HostPressure:
     """The shared mark of one agent's refusals: :meth:`refused` sets it, :meth:`felt` reads it."""
 
-    def __init__(self, host: str, port: int, lasts: float) -> None:
-        agent = hashlib.sha256(f"{host}:{port}".encode()).hexdigest()[:16]
+    def __init__(self, endpoint: str, lasts: float) -> None:
+        """``endpoint`` names the agent (``host:port``, a socket's path, with an address's path
+        and a digest of basic auth): only its hash is in the file's name."""
+        agent = hashlib.sha256(endpoint.encode()).hexdigest()[:16]
         self._uid = os.getuid() if hasattr(os, "getuid") else 0
         self.path: str | None = None
         with contextlib.suppress(OSError):  # no usable temporary directory: nothing shared

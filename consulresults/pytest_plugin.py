@@ -54,7 +54,7 @@ class ExternalConsul:
 
     @property
     def port(self) -> int:
-        return urlsplit(self.url).port or (443 if self.scheme == "https" else 8500)
+        return urlsplit(self.url).port or (443 if self.scheme == "https" else 80)  # as Consul
 
     @property
     def address(self) -> str:
@@ -87,7 +87,7 @@ def external_consul() -> ExternalConsul | None:
     if not addr:
         return None
     if "://" not in addr:
-        ssl = os.environ.get("CONSUL_HTTP_SSL", "").lower() in ("1", "true")
+        ssl = os.environ.get("CONSUL_HTTP_SSL", "").lower() in ("1", "t", "true", "yes", "on")
         addr = ("https://" if ssl else "http://") + addr
     return ExternalConsul(addr.rstrip("/"), os.environ.get("CONSUL_HTTP_TOKEN"))
 

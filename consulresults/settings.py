@@ -5,6 +5,13 @@
       > ``CONSUL_*`` environment variable
       > default
 
+as Consul's own client (``api.NewClient``) does, with two of its rules: within one of these
+levels a token file beats a token (so ``-token-file`` > ``-token`` > ``CONSUL_HTTP_TOKEN_FILE`` >
+``CONSUL_HTTP_TOKEN``), and an address is one unit (host, port, socket, path) whose missing port
+is its scheme's (80, 443), while ``https://`` or ``CONSUL_HTTP_SSL`` ask for TLS and ``http://``
+never turns it off again. The backend URL's own ``host`` without a port keeps 8500: it is no
+Consul address, and Celery's built-in backend reads it so.
+
 python-consul2's own constructor lets ``CONSUL_HTTP_ADDR`` and ``CONSUL_HTTP_TOKEN`` silently
 override explicit arguments; everything here resolves settings before a client exists, so that
 surprise cannot happen. Errors are one line and never contain the token.
@@ -12,6 +19,8 @@ surprise cannot happen. Errors are one line and never contain the token.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -21,8 +30,10 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 DEFAULT_PORT = 8500
 CONSISTENCY_MODES = ("default", "consistent", "stale")
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
+# Go's strconv.ParseBool (1 t T TRUE true True, likewise false), compared in lower case, and yes/on
+_TRUE = ("1", "t", "true", "yes", "on")
+_FALSE = ("0", "f", "false", "no", "off")
+_SCHEME_PORTS = {"http": 80, "https": 443}
 
 
 class SettingsError(ValueError):
@@ -39,7 +50,11 @@ class ConsulSettings:
     prefix: str = ""
     token: str | None = field(default=None, repr=False)
     token_file: str | None = None
+    socket: str | None = None  # a unix socket's path: dialled instead of host and port
+    path_prefix: str = ""  # an address's path (a reverse proxy's), kept in front of /v1/...
+    http_auth: str | None = field(default=None, repr=False)  # user[:password], basic auth
     ca_file: str | None = None
+    ca_path: str | None = None
     client_cert: str | None = None
     client_key: str | None = None
     tls_server_name: str | None = None
@@ -55,14 +70,42 @@ class ConsulSettings:
 
     @property
     def base_url(self) -> str:
+        """The agent's address for messages, in Consul's form (``unix:///path`` for a socket)."""
+        if self.socket:
+            return f"unix://{self.socket}" + (" (TLS)" if self.scheme == "https" else "")
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}"
+        return f"{self.scheme}://{host}:{self.port}{self.path_prefix}"
+
+    @property
+    def endpoint(self) -> str:
+        """What tells one agent, or one way to it, from another: the socket, or host and port,
+        the address's path, and the basic-auth credentials as a digest (a proxy may route on
+        them). Connection pools, the waiting service's batching and the host-pressure file
+        (whose name holds a hash of this) are per endpoint; the credentials never appear."""
+        where = self.socket or f"{self.host}:{self.port}"
+        auth = hashlib.sha256(self.http_auth.encode()).hexdigest()[:16] if self.http_auth else ""
+        return where + self.path_prefix + (f"#{auth}" if auth else "")
 
     def redacted_url(self, backend_scheme: str = "consulresults") -> str:
-        """A URL for logs and ``as_uri()``: the token is never part of it."""
+        """A URL for logs and ``as_uri()``: the token and the basic auth are never part of it."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        url = f"{backend_scheme}://{host}:{self.port}/{self.prefix}"
-        return url + ("?scheme=https" if self.scheme == "https" else "")
+        netloc = "" if self.socket else f"{host}:{self.port}"
+        options = [
+            *(["scheme=https"] if self.scheme == "https" else []),
+            *([f"socket={self.socket}"] if self.socket else []),
+            *([f"path_prefix={self.path_prefix}"] if self.path_prefix else []),
+        ]
+        url = f"{backend_scheme}://{netloc}/{self.prefix}"
+        return url + (f"?{'&'.join(options)}" if options else "")
+
+    @property
+    def authorization(self) -> str | None:
+        """The ``Authorization`` header of ``http_auth`` (split at the first colon, a missing
+        password empty, as Consul's client does), or None."""
+        if not self.http_auth:
+            return None
+        user, _, password = self.http_auth.partition(":")
+        return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
     def resolved_token(self) -> str | None:
         """The token, or the contents of the token file (read when needed, never logged)."""
@@ -99,16 +142,49 @@ def _checked_token(token: str, what: str) -> str:
 
 
 def parse_address(text: str, source: str) -> dict[str, Any]:
-    """Parse Consul's address forms: ``host``, ``host:port``, ``[v6]:port``, ``http(s)://…``."""
+    """Consul's address forms, read as its client reads them: ``host``, ``host:port``,
+    ``[v6]:port``, ``http(s)://host[:port][/path]`` (the path kept in front of ``/v1/…``, for a
+    reverse proxy) and ``unix:///path/to/socket``. An address is one unit: every part is set,
+    so it replaces one from a lower level whole. A missing port is None, the scheme's own (80,
+    443), decided once the scheme is known; ``_tls`` says ``https://`` asked for TLS."""
     value = text.strip()
     scheme = None
     if "://" in value:
         scheme, _, value = value.partition("://")
+        if scheme == "unix":
+            return socket_address(value, source)
         if scheme not in ("http", "https"):
             raise SettingsError(
-                f"{source}: unsupported scheme {scheme!r} in {text!r} (use http:// or https://)"
+                f"{source}: unsupported scheme {scheme!r} (use http://, https:// or unix://)"
             )
-    value = value.rstrip("/")
+    authority, slash, path = value.partition("/")
+    if "@" in authority:  # never echoed: it would show the credentials
+        raise SettingsError(
+            f"{source}: no credentials in the address (basic auth: CONSUL_HTTP_AUTH or "
+            "--http-auth; a token: the token settings)"
+        )
+    host, port = _host_port(authority, text, source)
+    return {
+        "host": host,
+        "port": port,
+        "socket": None,
+        "path_prefix": normalize_path_prefix(slash + path),
+        "_tls": scheme == "https",
+    }
+
+
+def socket_address(path: str, source: str) -> dict[str, Any]:
+    """A unix socket as a whole address (``unix://`` optional): requests name ``localhost``, as
+    Consul's client sends them; TLS only if the scheme asks for it."""
+    path = path.removeprefix("unix://")
+    if not path:
+        raise SettingsError(
+            f"{source}: no socket path (expected unix:///path, e.g. unix:///run/consul.sock)"
+        )
+    return {"host": "localhost", "port": None, "socket": path, "path_prefix": "", "_tls": False}
+
+
+def _host_port(value: str, text: str, source: str) -> tuple[str, int | None]:
     host, port = value, None
     if value.startswith("[") and "]" not in value:
         raise SettingsError(f"{source}: unclosed '[' in {text!r} (IPv6 looks like [::1]:8500)")
@@ -121,12 +197,14 @@ def parse_address(text: str, source: str) -> dict[str, Any]:
         raise SettingsError(
             f"{source}: no host in {text!r} (expected host:port, e.g. 127.0.0.1:8500)"
         )
-    result: dict[str, Any] = {"host": host}
-    if scheme:
-        result["scheme"] = scheme
-    if port is not None:
-        result["port"] = parse_port(port, source)
-    return result
+    return host, None if port is None else parse_port(port, source)
+
+
+def normalize_path_prefix(path: str) -> str:
+    """``consul/`` or ``/consul/`` → ``/consul``, and ``/`` → nothing (Consul's client would
+    send ``//v1/…`` for a trailing slash, which the agent answers with a redirect)."""
+    stripped = path.strip("/")
+    return f"/{stripped}" if stripped else ""
 
 
 def parse_port(text: str, source: str) -> int:
@@ -166,7 +244,8 @@ def parse_connections(value: object, source: str) -> int:
 
 
 def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
-    """Settings from the Consul CLI's environment variables."""
+    """Settings from the Consul CLI's environment variables (both a token and a token file:
+    the file wins, see :func:`resolve`)."""
     found: dict[str, Any] = {}
     if environ.get("CONSUL_HTTP_ADDR"):
         found.update(parse_address(environ["CONSUL_HTTP_ADDR"], "CONSUL_HTTP_ADDR"))
@@ -177,7 +256,9 @@ def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
     for env, name in (
         ("CONSUL_HTTP_TOKEN", "token"),
         ("CONSUL_HTTP_TOKEN_FILE", "token_file"),
+        ("CONSUL_HTTP_AUTH", "http_auth"),
         ("CONSUL_CACERT", "ca_file"),
+        ("CONSUL_CAPATH", "ca_path"),
         ("CONSUL_CLIENT_CERT", "client_cert"),
         ("CONSUL_CLIENT_KEY", "client_key"),
         ("CONSUL_TLS_SERVER_NAME", "tls_server_name"),
@@ -188,7 +269,9 @@ def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
 
 
 def from_url(url: str, source: str = "result_backend URL") -> dict[str, Any]:
-    """Settings from ``consulresults://[TOKEN@]host[:port]/prefix?option=value``."""
+    """Settings from ``consulresults://[TOKEN@]host[:port]/prefix?option=value``; the host
+    without a port is port 8500 (the URL is no Consul address: Celery's built-in backend reads
+    it so); ``?socket=PATH`` names a unix socket instead of a host."""
     if "://" not in url:
         raise SettingsError(f"{source}: expected consulresults://host:port/prefix")
     try:
@@ -204,15 +287,30 @@ def from_url(url: str, source: str = "result_backend URL") -> dict[str, Any]:
         token = unquote(credentials.partition(":")[2] or credentials.partition(":")[0])
         if token:
             found["token"] = token
-    if netloc:
-        found.update(parse_address(netloc, source))
-    found["prefix"] = normalize_prefix(unquote(parts.path))
+    options: dict[str, object] = {}
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         name = URL_ALIASES.get(name, name)
         if name not in URL_OPTIONS:
             known = sorted([*URL_OPTIONS, *URL_ALIASES])
             raise SettingsError(f"{source}: unknown option {name!r} (known: {', '.join(known)})")
-        found.update(coerce_option(name, value, source))
+        options[name] = value
+    if netloc and "socket" in options:
+        raise SettingsError(f"{source}: a host or ?socket=, not both (consulresults:///p?socket=…)")
+    if netloc:
+        address = parse_address(netloc, source)
+        found.update(address, port=address["port"] or DEFAULT_PORT, path_prefix="")
+    found["prefix"] = normalize_prefix(unquote(parts.path))
+    found.update(_coerced(options, source))
+    return found
+
+
+def _coerced(options: Mapping[str, object], source: str) -> dict[str, Any]:
+    """Options of one level, validated; the address's path after the address (``socket`` and
+    ``address`` set a whole address, their path included), whatever order they came in."""
+    found: dict[str, Any] = {}
+    for name, value in sorted(options.items(), key=lambda item: item[0] == "path_prefix"):
+        if value is not None:
+            found.update(coerce_option(name, value, source))
     return found
 
 
@@ -238,16 +336,33 @@ def resolve(
     url: str | None = None,
     explicit: Mapping[str, object] | None = None,
     environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, object] | None = None,
 ) -> ConsulSettings:
-    """Merge default < environment < URL < explicit settings into one :class:`ConsulSettings`."""
+    """Merge default < environment < URL < ``explicit`` settings < ``overrides`` (an app's
+    ``consulresults_*`` settings and the CLI's flags over them) into one
+    :class:`ConsulSettings`."""
     merged: dict[str, Any] = {}
-    merged.update(from_environment(os.environ if environ is None else environ))
+    _merge_level(merged, from_environment(os.environ if environ is None else environ))
     if url:
-        merged.update(from_url(url))
-    for name, value in (explicit or {}).items():
-        if value is not None:
-            merged.update(coerce_option(name, value, "setting"))
+        _merge_level(merged, from_url(url))
+    for level in (explicit, overrides):
+        _merge_level(merged, _coerced(level or {}, "setting"))
+    if merged.pop("_tls", False):  # https:// asked for it; http:// never turns TLS off
+        merged["scheme"] = "https"
+    if merged.get("port", DEFAULT_PORT) is None:
+        merged["port"] = _SCHEME_PORTS[merged.get("scheme", "http")]
     return replace(ConsulSettings(), **merged)
+
+
+def _merge_level(merged: dict[str, Any], found: Mapping[str, Any]) -> None:
+    """One level's settings over the levels below. A token or token file replaces both of the
+    lower levels'; within the level the file wins, as in Consul's client."""
+    if found.get("token") or found.get("token_file"):
+        merged.pop("token", None)
+        merged.pop("token_file", None)
+        if found.get("token_file"):
+            found = {name: value for name, value in found.items() if name != "token"}
+    merged.update(found)
 
 
 def _text(name: str) -> Callable[[object, str], dict[str, Any]]:
@@ -303,7 +418,13 @@ OPTIONS: dict[str, Option] = {
             in_url=False,
             flag="--http-addr",
             metavar="ADDR",
-            help="Consul address, as CONSUL_HTTP_ADDR: host:port or http(s)://host:port.",
+            help="Consul address, as CONSUL_HTTP_ADDR: host[:port], http(s)://host[:port][/path] "
+            "(no port: 80, or 443 for https or CONSUL_HTTP_SSL=true) or unix:///path/to/socket.",
+        ),
+        Option("socket", lambda value, where: socket_address(str(value), where)),
+        Option(
+            "path_prefix",
+            lambda value, where: {"path_prefix": normalize_path_prefix(str(value))},
         ),
         Option(
             "prefix",
@@ -320,14 +441,23 @@ OPTIONS: dict[str, Option] = {
             in_url=False,
             flag="--token",
             metavar="TOKEN",
-            help="ACL token (prefer --token-file or CONSUL_HTTP_TOKEN_FILE: flags show in ps).",
+            help="ACL token (prefer --token-file or CONSUL_HTTP_TOKEN_FILE: flags show in ps); "
+            "--token-file beats it, it beats CONSUL_HTTP_TOKEN_FILE and CONSUL_HTTP_TOKEN.",
         ),
         Option(
             "token_file",
             _text("token_file"),
             flag="--token-file",
             metavar="FILE",
-            help="File holding the ACL token.",
+            help="File holding the ACL token (beats --token and the environment's).",
+        ),
+        Option(
+            "http_auth",
+            _text("http_auth"),
+            flag="--http-auth",
+            metavar="USER[:PASSWORD]",
+            help="HTTP basic auth on every request, as CONSUL_HTTP_AUTH (for a proxy in front "
+            "of Consul; prefer the variable: flags show in ps).",
         ),
         Option("scheme", _choice("scheme", ("http", "https"))),
         Option(
@@ -335,7 +465,15 @@ OPTIONS: dict[str, Option] = {
             _text("ca_file"),
             flag="--ca-file",
             metavar="FILE",
-            help="CA to verify Consul's TLS.",
+            help="CA to verify Consul's TLS (the only one trusted; beats --ca-path).",
+        ),
+        Option(
+            "ca_path",
+            _text("ca_path"),
+            flag="--ca-path",
+            metavar="DIR",
+            help="Directory of CA certificates (PEM files, any names, searched recursively) to "
+            "verify Consul's TLS, as CONSUL_CAPATH: the only ones trusted.",
         ),
         Option(
             "client_cert",

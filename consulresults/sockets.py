@@ -1,11 +1,13 @@
-"""One keep-alive connection to an agent: name lookup and connect within a timeout, TLS with
-the CA and client certificate loaded once, and telling an agent's refusal at accept from any
-other failure."""
+"""One keep-alive connection to an agent (over TCP, or a unix socket as Consul's ``unix://``
+addresses): name lookup and connect within a timeout, TLS with the CA (a file, or a directory
+of them as ``CONSUL_CAPATH``) and client certificate loaded once, and telling an agent's refusal
+at accept from any other failure."""
 
 from __future__ import annotations
 
 import http.client
 import ipaddress
+import os
 import select
 import socket
 import ssl
@@ -31,19 +33,25 @@ def _load_error(exc: OSError) -> str:
 def tls_context(settings: ConsulSettings) -> ssl.SSLContext | None:
     """The TLS context for ``settings`` (None for plain http), with the CA and client
     certificate loaded now, so a wrong path or a file that is not PEM is one clear error at
-    start-up rather than an OSError from deep inside the first request. A CA file is the only CA
-    trusted, as with the Consul CLI's -ca-file; without one, the system's CAs are."""
+    start-up rather than an OSError from deep inside the first request. A CA file, else a CA
+    directory, holds the only CAs trusted, as with the Consul CLI's -ca-file and -ca-path;
+    without either, the system's CAs are."""
     if settings.client_key and not settings.client_cert:
         raise SettingsError("a client key needs its client certificate (client_cert)")
-    if settings.scheme != "https" and not (settings.ca_file or settings.client_cert):
+    wanted = settings.ca_file or settings.ca_path or settings.client_cert
+    if settings.scheme != "https" and not wanted:
         return None
-    try:
-        context = ssl.create_default_context(cafile=settings.ca_file)
-    except OSError as exc:  # ssl.SSLError is one
-        raise SettingsError(
-            f"cannot use the CA file {settings.ca_file}: {_load_error(exc)} "
-            "(expect a PEM file with the CA certificate)"
-        ) from None
+    if settings.ca_path and not settings.ca_file:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, and trusts nothing yet
+        _load_ca_path(context, settings.ca_path)
+    else:
+        try:
+            context = ssl.create_default_context(cafile=settings.ca_file)
+        except OSError as exc:  # ssl.SSLError is one
+            raise SettingsError(
+                f"cannot use the CA file {settings.ca_file}: {_load_error(exc)} "
+                "(expect a PEM file with the CA certificate)"
+            ) from None
     if not settings.verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -60,17 +68,52 @@ def tls_context(settings: ConsulSettings) -> ssl.SSLContext | None:
     return context if settings.scheme == "https" else None
 
 
+def _load_ca_path(context: ssl.SSLContext, directory: str) -> None:
+    """Trust every file under ``directory`` (recursively), each of which must hold PEM
+    certificates, as Consul's go-rootcerts does: no OpenSSL hashed names needed (Python's own
+    ``capath`` would want them, and silently skip other names)."""
+    if os.path.isdir(directory):
+        walked = os.walk(directory)
+        files = sorted(os.path.join(root, name) for root, _, names in walked for name in names)
+    else:  # go-rootcerts walks a lone file too
+        files = [directory] if os.path.exists(directory) else []
+    if not files:
+        what = "holds no files" if os.path.isdir(directory) else "does not exist"
+        raise SettingsError(
+            f"cannot use the CA path {directory}: it {what} (expect a directory of PEM CA "
+            "certificates)"
+        )
+    for path in files:
+        try:
+            with open(path, encoding="ascii") as handle:
+                context.load_verify_locations(cadata=handle.read())
+        except (OSError, ValueError) as exc:  # ssl.SSLError; UnicodeDecodeError: not PEM
+            reason = _load_error(exc) if isinstance(exc, OSError) else "not PEM"
+            raise SettingsError(
+                f"cannot use {path} of the CA path {directory}: {reason} (every file there "
+                "must hold PEM CA certificates)"
+            ) from None
+
+
 class Connection(http.client.HTTPConnection):
     """One keep-alive connection; with a TLS context, the name given is sent as SNI and checked
     in the certificate (the TLS server name, as the Consul CLI's -tls-server-name, else the
-    host)."""
+    host). With ``socket_path`` it dials that unix socket instead of host and port."""
 
     def __init__(
-        self, host: str, port: int, context: ssl.SSLContext | None, server_name: str
+        self,
+        host: str,
+        port: int,
+        context: ssl.SSLContext | None,
+        server_name: str,
+        socket_path: str | None = None,
     ) -> None:
         super().__init__(host, port)
         self._context = context
         self._server_name = server_name
+        self._socket_path = socket_path
+        # the Host header leaves the scheme's own port out, as Go's client does
+        self.default_port = 443 if context is not None else 80
         self.born = time.monotonic()
         self.answered = False  # an answer came on it: a reset is no longer the agent's refusal
         self.secured = False  # its TLS handshake completed
@@ -83,10 +126,13 @@ class Connection(http.client.HTTPConnection):
         """Connect within the timeout, name resolution included (which the socket's timeout
         does not bound: a slow resolver would otherwise outlast any deadline)."""
         timeout = cast(float, self.timeout)  # the transport sets it before connecting
-        end = time.monotonic() + timeout  # the lookup and the connection share it
-        addresses = _resolved(self.host, self.port, timeout)
-        self.sock = _connected(addresses, self.port, max(0.001, end - time.monotonic()))
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._socket_path is not None:
+            self.sock = _unix_connected(self._socket_path, timeout)
+        else:
+            end = time.monotonic() + timeout  # the lookup and the connection share it
+            addresses = _resolved(self.host, self.port, timeout)
+            self.sock = _connected(addresses, self.port, max(0.001, end - time.monotonic()))
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._context is not None:
             self.sock = self._context.wrap_socket(self.sock, server_hostname=self._server_name)
             self.secured = True
@@ -138,6 +184,17 @@ def _connected(addresses: list[str], port: int, timeout: float) -> socket.socket
         except OSError as exc:
             failure = exc
     raise failure
+
+
+def _unix_connected(path: str, timeout: float) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(path)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def refused_at_accept(connection: Connection, exc: BaseException) -> bool:

@@ -34,7 +34,7 @@ def test_url_with_token_prefix_and_options():
         ("10.0.0.5:8500", ("http", "10.0.0.5", 8500)),
         ("https://consul.local:8501", ("https", "consul.local", 8501)),
         ("http://[::1]:8500", ("http", "::1", 8500)),
-        ("consul.local", ("http", "consul.local", 8500)),
+        ("consul.local", ("http", "consul.local", 80)),  # Consul's client: the scheme's port
     ],
 )
 def test_consul_http_addr_forms(addr, expected):
@@ -71,11 +71,11 @@ def test_tls_environment_and_token_file(tmp_path):
     )
     assert (settings.scheme, settings.verify, settings.ca_file) == ("https", False, "/ca.pem")
     assert settings.resolved_token() == "from-file"
-    assert (
+    assert (  # within a level the file wins, as in Consul's client
         resolve(
             None, environ={"CONSUL_HTTP_TOKEN_FILE": str(token_file), "CONSUL_HTTP_TOKEN": "direct"}
         ).resolved_token()
-        == "direct"
+        == "from-file"
     )
 
 
@@ -132,8 +132,8 @@ def test_the_built_in_backends_one_client_option_is_accepted_and_changes_nothing
 
 
 def test_bad_environment_is_named():
-    with pytest.raises(SettingsError, match="CONSUL_HTTP_ADDR: unsupported scheme 'unix'"):
-        resolve(None, environ={"CONSUL_HTTP_ADDR": "unix:///var/run/consul.sock"})
+    with pytest.raises(SettingsError, match="CONSUL_HTTP_ADDR: unsupported scheme 'ftp'"):
+        resolve(None, environ={"CONSUL_HTTP_ADDR": "ftp://consul.local"})
     with pytest.raises(SettingsError, match="CONSUL_HTTP_SSL_VERIFY"):
         resolve(None, environ={"CONSUL_HTTP_SSL_VERIFY": "perhaps"})
 

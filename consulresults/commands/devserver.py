@@ -112,6 +112,16 @@ Enterprise = Annotated[
     ),
 ]
 
+Socket = Annotated[
+    str | None,  # not a Path: it would turn unix:///path into unix:/path
+    typer.Option(
+        metavar="PATH",
+        help="Serve HTTP on this unix socket too (a path, or unix:///path as CONSUL_HTTP_ADDR "
+        "takes it); a socket file left there is replaced. Its clients share one "
+        "--http-max-conns-per-client budget, as Consul's do.",
+    ),
+]
+
 FaultErrorFraction = Annotated[
     float,
     typer.Option(
@@ -160,6 +170,7 @@ def dev_server(
     kv_max_value_size: KvMaxValueSize = 524_288,
     http_max_conns_per_client: HttpMaxConnsPerClient = 200,
     enterprise: Enterprise = False,
+    socket: Socket = None,
     fault_error_fraction: FaultErrorFraction = 0.0,
     fault_status: FaultStatus = 500,
     fault_body: FaultBody = "No cluster leader",

@@ -3,7 +3,9 @@
 
 Consul counts a connection from the moment it is accepted until it is closed, per client IP, and
 loopback is an IP like any other: every process on a host shares the budget. A connection past the
-limit is answered with a fixed 429, before any request is read from it, and closed.
+limit is answered with a fixed 429, before any request is read from it, and closed. On a unix
+socket the "client" is the peer's socket name (go-connlimit's key: ``unix/`` and the name), which
+is empty for every client that did not bind one: all of them share the ``unix/`` bucket.
 
 Here the listening socket does the counting: :class:`LimitedListener` is what asyncio accepts from,
 so a connection is counted (or refused) before aiohttp, or a TLS handshake, ever sees it, and the
@@ -20,8 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import os
 import socket
 import ssl
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -134,13 +139,21 @@ class LimitedListener(socket.socket):
         BlockingIOError when none is waiting, which tells asyncio to wait for the next one."""
         while True:
             conn, address = super().accept()
-            ip = str(address[0])
+            ip = client_key(self.family, address)
             if self.limiter.acquire(ip):
                 return CountedConnection.adopt(conn, partial(self.limiter.release, ip)), address
             if self.tls_refusal is not None:
                 self.tls_refusal.refuse(conn)
             else:
                 _refuse(conn)
+
+
+def client_key(family: int, address: Any) -> str:
+    """Whom a connection counts against: its IP, or on a unix socket ``unix/`` and the peer's
+    socket name (empty unless the client bound one), as Consul's go-connlimit keys it."""
+    if family == socket.AF_UNIX:
+        return f"unix/{address if isinstance(address, str) else address.decode()}"
+    return str(address[0])
 
 
 class CountedConnection(socket.socket):
@@ -261,6 +274,27 @@ async def listen(
             listener.close()
         raise
     return listeners
+
+
+def listen_unix(
+    path: str, limiter: ConnectionLimiter, ssl_context: ssl.SSLContext | None = None
+) -> LimitedListener:
+    """A listening unix socket at ``path``, replacing a socket file left there (as Consul's
+    agent does); any other file at ``path`` is an error, never removed. Raises OSError naming
+    the path."""
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise FileExistsError(errno.EEXIST, "exists and is not a socket", path)
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, exc.strerror or str(exc), path) from None
+    tls_refusal = TlsRefusal(ssl_context) if ssl_context is not None else None
+    return LimitedListener.adopt(sock, limiter, tls_refusal)
 
 
 def listen_backlog() -> int:

@@ -50,6 +50,7 @@ class DevServerOptions:
     kv_max_value_size: int = 524_288
     http_max_conns_per_client: int = 200
     enterprise: bool = False
+    socket: str | None = None  # a path, or unix:///path
     fault_error_fraction: float = 0.0
     fault_status: int = 500
     fault_body: str = "No cluster leader"
@@ -74,9 +75,14 @@ def run(options: DevServerOptions, announce: Callable[[str], None] = announce_li
     try:
         asyncio.run(serve_forever(server, announce))
     except OSError as exc:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        reason = (os.strerror(exc.errno) if exc.errno else str(exc)).lower()
+        if exc.filename:  # the unix socket
+            reason = (exc.strerror or reason).lower()
+            raise ListenError(
+                f"cannot listen on the socket {exc.filename}: {reason} (choose another --socket)"
+            ) from None
         raise ListenError(
-            f"cannot listen on {options.host}:{options.port}: {reason.lower()} "
+            f"cannot listen on {options.host}:{options.port}: {reason} "
             "(choose another --port, or --port 0 for a free one)"
         ) from None
 
@@ -104,6 +110,7 @@ def build_server(options: DevServerOptions) -> DevServer:
             kv_max_value_size=options.kv_max_value_size,
             http_max_conns_per_client=options.http_max_conns_per_client,
             enterprise=options.enterprise,
+            socket=options.socket,
             fault_seed=options.fault_seed,
         )
         for rule in _fault_rules(options):

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ from aiohttp import web
 
 from .acl import AclConfig
 from .api import VERSION, ConsulApi, Counters, ServerConfig
-from .connlimit import BACKLOG, DEFAULT_LIMIT, ConnectionLimiter, listen
+from .connlimit import BACKLOG, DEFAULT_LIMIT, ConnectionLimiter, listen, listen_unix
 from .durations import parse_go_duration
 from .faults import FaultInjector, FaultRule
 from .persistence import DataDir
@@ -44,7 +45,9 @@ class DevServer:
     ``http_max_conns_per_client`` limits concurrent connections per client IP as Consul does
     (default 200, 0 for no limit); :meth:`connection_stats` shows them. ``enterprise``
     accepts namespaces and partitions as Consul Enterprise does (without it they are refused as
-    Consul CE refuses them).
+    Consul CE refuses them). ``socket`` (a path, or Consul's ``unix:///path``) serves the same
+    API on a unix socket too, with TLS if the TCP listener has it, its clients sharing one
+    connection limit (``unix/``), as Consul's do.
     """
 
     def __init__(
@@ -67,9 +70,11 @@ class DevServer:
         consul_version: str = VERSION,
         http_max_conns_per_client: int = DEFAULT_LIMIT,
         enterprise: bool = False,
+        socket: str | os.PathLike[str] | None = None,
     ) -> None:
         self.host = host
         self.port = port
+        self.socket = None if socket is None else os.fspath(socket).removeprefix("unix://")
         self.config = ServerConfig(
             node_name=node_name,
             datacenter=datacenter,
@@ -112,6 +117,11 @@ class DevServer:
     def url(self) -> str:
         return f"{self.scheme}://{self.address}"
 
+    @property
+    def socket_url(self) -> str | None:
+        """``unix:///path`` (CONSUL_HTTP_ADDR's form) when serving on a unix socket too."""
+        return None if self.socket is None else f"unix://{self.socket}"
+
     # ------------------------------------------------------------------ lifecycle (async)
 
     async def start_async(self) -> None:
@@ -140,22 +150,35 @@ class DevServer:
         )
         await self._runner.setup()
         try:
-            # bound here rather than by aiohttp, so that connections are counted as accepted
-            for sock in await listen(self.host, self.port, self.connections, self.ssl_context):
-                await web.SockSite(
-                    self._runner, sock, ssl_context=self.ssl_context, backlog=BACKLOG
-                ).start()
+            await self._listen(self._runner)
         except OSError:
             await self._runner.cleanup()
             raise
-        self.port = self._runner.addresses[0][1]
         self._ticker = asyncio.create_task(self._tick())
+
+    async def _listen(self, runner: web.AppRunner) -> None:
+        """Bind the port (and the socket), here rather than by aiohttp, so that connections
+        are counted as they are accepted."""
+        listeners = await listen(self.host, self.port, self.connections, self.ssl_context)
+        self.port = listeners[0].getsockname()[1]
+        if self.socket is not None:
+            try:
+                listeners.append(listen_unix(self.socket, self.connections, self.ssl_context))
+            except OSError:
+                for listener in listeners:
+                    listener.close()
+                raise
+        for sock in listeners:
+            await web.SockSite(runner, sock, ssl_context=self.ssl_context, backlog=BACKLOG).start()
 
     async def stop_async(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.socket is not None:  # as Go's listener, which removes its socket file
+            with contextlib.suppress(OSError):
+                os.unlink(self.socket)
         if self._data is not None:
             self._data.close()
 
@@ -275,7 +298,7 @@ def _finish_tasks(loop: asyncio.AbstractEventLoop) -> None:
 async def serve_forever(server: DevServer, announce: Callable[[str], None]) -> None:
     """Run ``server`` in this process's loop until SIGINT or SIGTERM, then stop cleanly."""
     await server.start_async()
-    announce(server.url)
+    announce(server.url if server.socket_url is None else f"{server.socket_url} and {server.url}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
