@@ -102,14 +102,18 @@ def queue_behind_busy_senders(gate: Gate, batcher, first: list, rest: list):
     gate.open_.clear()
     with gate.lock:
         gate.sent.clear()
-    threads, outcomes = in_threads(first)
-    wait_until(lambda: gate.held == len(first), 30, "the senders at the gate")
+    threads, outcomes = [], {}
+    for n, call in enumerate(first):  # one by one: two arriving together may share a batch
+        started, done = in_threads([call])
+        threads += started
+        outcomes[n] = done
+        wait_until(lambda n=n: gate.held == n + 1, 30, "the senders at the gate")
     more, later = in_threads(rest)
     wait_until(lambda: batcher.queued() == len(rest), 30, "the rest queued")
     gate.open_.set()
     for thread in threads + more:
         thread.join(60)
-    return [outcomes[i] for i in range(len(first))] + [later[i] for i in range(len(rest))]
+    return [outcomes[i][0] for i in range(len(first))] + [later[i] for i in range(len(rest))]
 
 
 def store(backend, task_id: str, value: object = None):
@@ -293,8 +297,10 @@ def test_a_queued_store_keeps_its_callers_deadline(small_app, gate):
     writes = backend.store.writes
     backend.store_result("warm", 0, states.SUCCESS)
     gate.open_.clear()
-    threads, _ = in_threads([store(backend, f"slow-{i}") for i in range(2)])
-    wait_until(lambda: gate.held == 2, 30, "the senders at the gate")
+    threads = []
+    for i in range(2):
+        threads += in_threads([store(backend, f"slow-{i}")])[0]
+        wait_until(lambda i=i: gate.held == i + 1, 30, "the senders at the gate")
     with deadline.within(0.2), pytest.raises(ConsulTimeout, match="was not sent"):
         backend.store.write(backend.store.key("celery-task-meta-late"), b"1", backend.expiry)
     assert writes.queued() == 0
