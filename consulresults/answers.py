@@ -34,6 +34,19 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, ConsulError) and exc.transient
 
 
+RATE_LIMITED = b"rate limit exceeded"
+
+
+def rate_limited(status: int, content: bytes) -> bool:
+    """Consul's rate limiter refused the request before applying it: 429 or 503 with a text
+    starting "rate limit exceeded" (1.15+'s request limits: "… try again later or against a
+    different server", "… for operation that can only be performed by the leader…"), or the
+    agent's own ``limits.rpc_rate``, a 429 with an empty body. No other 5xx says nothing was
+    applied."""
+    text = content.strip().lower()
+    return (status in (429, 503) and text.startswith(RATE_LIMITED)) or (status == 429 and not text)
+
+
 @dataclass
 class Response:
     """Status, headers and decoded JSON (or the text, or None) of one Consul answer."""

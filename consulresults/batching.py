@@ -321,7 +321,9 @@ class Batcher:
             self.max_ops = min(LEGACY_TXN_OPS, ops // 2) if ops > LEGACY_TXN_OPS else ops // 2
             return
         found = _MAX_SIZE.search(text)
-        self.max_body = min(self.max_body, int(found.group(1)) if found else size // 2)
+        named = int(found.group(1)) if found else size // 2
+        # below what was refused, whatever the agent named: the next batches are smaller
+        self.max_body = min(self.max_body, named, size - 1)
 
 
 def split_results(batch: list[Member], results: Iterable[dict[str, Any]]) -> list[list[Any]]:

@@ -17,12 +17,11 @@ is imported only when a failure is raised.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
+import random
 import socket
 import ssl
-import threading
 import time
 import zlib
 from collections.abc import Iterable, Mapping
@@ -35,7 +34,7 @@ from .answers import Answer as Answer  # re-exported: the transport's documented
 from .answers import Response as Response
 from .answers import TxnAnswer as TxnAnswer
 from .answers import compatible as compatible
-from .answers import denial
+from .answers import denial, rate_limited
 from .answers import error_for as error_for
 from .answers import is_transient as is_transient
 from .background import BACKGROUND
@@ -48,6 +47,9 @@ from .exceptions import PermissionDenied as PermissionDenied
 from .pool import pool_for, pushback_delay
 from .settings import ConsulSettings
 from .sockets import Connection, Late, refused_at_accept
+from .sockets import Interrupt as Interrupt  # re-exported: the transport's documented names
+from .sockets import Interrupted as Interrupted
+from .tenancy import PROBE_KEY, Scope
 
 PUSHBACK_TEXT = "Your IP is issuing too many concurrent connections"
 USER_AGENT = f"consul-results/{__version__}"
@@ -59,36 +61,13 @@ class BackPressure(Exception):
     concurrent connections (``limits.http_max_conns_per_client``). Nothing was applied."""
 
 
-class Interrupted(Exception):
-    """A long request was cut short on purpose (:class:`Interrupt`)."""
+class RateLimited(BackPressure):
+    """Consul's rate limiter refused the request (:func:`~.answers.rate_limited`): nothing was
+    applied, so it is sent again within the same patience as the agent's connection limit."""
 
-
-class Interrupt:
-    """Lets another thread cut a long request short (the waiting service's blocking read, when
-    a new waiter needs a round now): its socket is shut down, so the read ends at once."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._connection: Connection | None = None
-        self.fired = False
-
-    def attach(self, connection: Connection | None) -> None:
-        with self._lock:
-            self._connection = connection
-            if connection is not None and self.fired:
-                self._shut(connection)
-
-    def fire(self) -> None:
-        with self._lock:
-            self.fired = True
-            if self._connection is not None:
-                self._shut(self._connection)
-
-    @staticmethod
-    def _shut(connection: Connection) -> None:
-        if connection.sock is not None:
-            with contextlib.suppress(OSError):  # already closed
-                connection.sock.shutdown(socket.SHUT_RDWR)
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(status, text)
+        self.status, self.text = status, text
 
 
 def _reason(exc: BaseException) -> str:
@@ -140,10 +119,18 @@ class Transport:
         self._authorization = settings.authorization
         self._path_prefix = settings.path_prefix
         self._datacenter = settings.datacenter
+        self.scope = Scope(settings.endpoint, settings.namespace, settings.partition)
+        self.sources = settings.sources  # where each setting came from (doctor)
         self.pool = pool_for(settings)
         # transports that may answer for each other (the waiting service batches their keys);
         # the pool is per endpoint: socket or host and port, address path, basic auth
-        self.identity = (id(self.pool), token, settings.datacenter)
+        self.identity = (
+            id(self.pool),
+            token,
+            settings.datacenter,
+            settings.namespace,
+            settings.partition,
+        )
 
     @property
     def sends_token(self) -> bool:
@@ -165,8 +152,9 @@ class Transport:
         blocking read, which may not take the budget's last connection. None is sent once the
         caller's deadline has passed (:mod:`consulresults.deadline`).
 
-        When the agent refuses the connection (over its per-client-IP limit), nothing was
-        applied: the request is sent again after a random wait (:func:`pushback_delay`), for up to
+        When the agent refuses the connection (over its per-client-IP limit) or Consul's rate
+        limiter refuses the request, nothing was applied: the request is sent again after a
+        random wait (:func:`pushback_delay`, :func:`_rate_delay`), for up to
         ``backpressure_patience`` seconds, whatever the request."""
         if passed():
             raise compatible(ConsulTimeout)(
@@ -181,6 +169,7 @@ class Transport:
         params = list(params or [])
         if self._datacenter and not any(name == "dc" for name, _ in params):
             params.append(("dc", self._datacenter))
+        params = self.scope.params(path, params)
         query = f"?{urlencode(params)}" if params else ""
         request = _Request(
             method,
@@ -194,20 +183,35 @@ class Transport:
         )
         began = time.monotonic()
         give_up = began + clamp(self.backpressure_patience)
+        tries = 0
         while True:
             try:
                 return self._send_once(request)
             except BackPressure as exc:
-                delay = pushback_delay(time.monotonic() - began)
+                tries += 1
+                waited = time.monotonic() - began
+                limited = isinstance(exc, RateLimited)
+                delay = _rate_delay(tries) if limited else pushback_delay(waited)
                 if time.monotonic() + delay >= give_up:
                     time.sleep(max(0.0, give_up - time.monotonic()))  # give up when due
-                    raise compatible(ConsulError)(
-                        429,
-                        f"{PUSHBACK_TEXT} (the agent at {self.base_uri} refused connections for "
-                        f"{self.backpressure_patience:g} s: see its limits "
-                        "http_max_conns_per_client, and this process's max_connections)",
-                    ) from exc
+                    raise self._refused(exc) from exc
                 time.sleep(delay)
+
+    def _refused(self, exc: BackPressure) -> ConsulError:
+        """Past the patience: the refusal, naming the limits to look at."""
+        patience = f"{self.backpressure_patience:g} s"
+        if isinstance(exc, RateLimited):
+            return compatible(ConsulError)(
+                exc.status,
+                f"{exc.text or 'rate limit exceeded'} (Consul's rate limiter at {self.base_uri} "
+                f"refused requests for {patience}: see the servers' limits.request_limits and "
+                "the agent's limits.rpc_rate)",
+            )
+        return compatible(ConsulError)(
+            429,
+            f"{PUSHBACK_TEXT} (the agent at {self.base_uri} refused connections for {patience}: "
+            "see its limits http_max_conns_per_client, and this process's max_connections)",
+        )
 
     def _send_once(self, request: _Request) -> Answer:
         method, path, timeout = request.method, request.path, request.timeout
@@ -252,6 +256,8 @@ class Transport:
             self.pool.give_back(connection, long)
         if response.headers.get("Content-Encoding") == "gzip":
             content = zlib.decompress(content, 16 + zlib.MAX_WBITS)
+        if rate_limited(response.status, content):
+            raise RateLimited(response.status, content.decode("utf-8", errors="replace").strip())
         return Answer(response.status, response.headers, content)
 
     @staticmethod
@@ -325,7 +331,7 @@ class Transport:
             value = answer.text
         response = Response(answer.status, answer.headers, value)
         if response.status not in expect:
-            raise error_for(response)
+            raise self.scope.explained(error_for(response))
         return response
 
     def txn(self, ops: list[dict[str, Any]]) -> TxnAnswer:
@@ -341,7 +347,11 @@ class Transport:
         self, ops: list[dict[str, Any]], params: list[tuple[str, str]] | None = None
     ) -> TxnAnswer:
         """``ops`` applied atomically, or every failing operation's error, ACL denials too (a
-        batch's members each take their own: :mod:`consulresults.batching`)."""
+        batch's members each take their own: :mod:`consulresults.batching`). In a namespace or
+        partition, each operation carries it, once the scope was checked (:mod:`.tenancy`)."""
+        if self.scope:
+            self.scope.verify(lambda: self.request("GET", PROBE_KEY, expect=(200, 403, 404)))
+            ops = self.scope.ops(ops)
         response = self.request("PUT", "/v1/txn", params, body=ops, expect=(200, 409))
         if response.status == 200:
             return TxnAnswer(response.body["Results"] or [], [])
@@ -352,6 +362,12 @@ class Transport:
     def read_params(self) -> list[tuple[str, str]]:
         """The read consistency as query parameters (a read-only txn honours them as a GET)."""
         return [] if self.consistency == "default" else [(self.consistency, "1")]
+
+
+def _rate_delay(tries: int) -> float:
+    """After a rate limiter's refusal: full jitter, doubling from 50 ms to at most 1 s (the
+    limiter refills per second; hurrying would only spend its tokens)."""
+    return random.uniform(0, min(1.0, 0.05 * 2 ** (tries - 1)))
 
 
 def connect(settings: ConsulSettings) -> Transport:

@@ -41,6 +41,7 @@ def diagnose(ops: ResultOperations) -> list[Diagnosis]:
         ("create sessions", _sessions),
         ("connection budget", _budget),
         ("group commit", _batching),
+        ("scope and credentials", _credentials),
     ]
     found = []
     for name, check in checks:
@@ -106,6 +107,33 @@ def _batching(ops: ResultOperations) -> str:
         f"this process: {done.get('batches', 0)} batch(es) of {done.get('members', 0)}, "
         f"{done.get('resent', 0)} sent again"
     )
+
+
+def _credentials(ops: ResultOperations) -> str:
+    """The namespace and partition, the token's and basic auth's sources (never their values)
+    and the agent's default ACL policy where it sends it: what an operator checks first when
+    results seem to be missing."""
+    transport = ops.store.transport
+    sources, scope = transport.sources, transport.scope
+    parts = [
+        f"{what} {value} ({sources.get(what, '?')})" if value else f"{what}: default"
+        for what, value in (("namespace", scope.namespace), ("partition", scope.partition))
+    ]
+    if "token_file" in sources:
+        parts.append(f"token read from a file ({sources['token_file']})")
+    elif "token" in sources:
+        parts.append(f"token given as a value ({sources['token']})")
+    else:
+        parts.append("no token (the agent's default token)")
+    parts.append(
+        f"basic auth ({sources['http_auth']})" if "http_auth" in sources else "no basic auth"
+    )
+    policy = transport.request("GET", "/v1/status/leader").headers.get(
+        "X-Consul-Default-ACL-Policy"
+    )
+    if policy:
+        parts.append(f"the agent's default ACL policy: {policy}")
+    return "; ".join(parts)
 
 
 def _agent(ops: ResultOperations) -> str:

@@ -38,7 +38,7 @@ def open_operations(
             warnings.simplefilter("ignore", CleanupNeeded)
             return ConsulBackend(app=app, url=url, overrides=overrides).operations()
     try:
-        settings = resolve(strip_class_path(url or DEFAULT_URL), overrides)
+        settings = resolve(strip_class_path(url or DEFAULT_URL), overrides=overrides)
         transport = connect(settings)
     except SettingsError as exc:  # worded as the backend words it, with or without an app
         raise SettingsError(f"consulresults backend: {exc}") from None

@@ -60,6 +60,8 @@ class ConsulSettings:
     tls_server_name: str | None = None
     verify: bool = True
     datacenter: str | None = None
+    namespace: str | None = None  # Consul Enterprise's; sent only when set
+    partition: str | None = None
     consistency: str = "consistent"
     timeout: float = 10.0
     session_window: float | None = None
@@ -67,6 +69,9 @@ class ConsulSettings:
     idle_timeout: float = 5.0
     backpressure_patience: float = 30.0
     batching: bool = True
+    # where each setting came from (a CONSUL_* variable, the backend URL, a consulresults_*
+    # setting or a CLI flag), for `doctor`; never a value
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def base_url(self) -> str:
@@ -243,6 +248,20 @@ def parse_connections(value: object, source: str) -> int:
     return int(text)
 
 
+ENVIRONMENT = {  # the settings read as they are from one CONSUL_* variable each
+    "token": "CONSUL_HTTP_TOKEN",
+    "token_file": "CONSUL_HTTP_TOKEN_FILE",
+    "http_auth": "CONSUL_HTTP_AUTH",
+    "ca_file": "CONSUL_CACERT",
+    "ca_path": "CONSUL_CAPATH",
+    "client_cert": "CONSUL_CLIENT_CERT",
+    "client_key": "CONSUL_CLIENT_KEY",
+    "tls_server_name": "CONSUL_TLS_SERVER_NAME",
+    "namespace": "CONSUL_NAMESPACE",
+    "partition": "CONSUL_PARTITION",
+}
+
+
 def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
     """Settings from the Consul CLI's environment variables (both a token and a token file:
     the file wins, see :func:`resolve`)."""
@@ -253,16 +272,7 @@ def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
         found["scheme"] = "https"
     if environ.get("CONSUL_HTTP_SSL_VERIFY"):
         found["verify"] = parse_bool(environ["CONSUL_HTTP_SSL_VERIFY"], "CONSUL_HTTP_SSL_VERIFY")
-    for env, name in (
-        ("CONSUL_HTTP_TOKEN", "token"),
-        ("CONSUL_HTTP_TOKEN_FILE", "token_file"),
-        ("CONSUL_HTTP_AUTH", "http_auth"),
-        ("CONSUL_CACERT", "ca_file"),
-        ("CONSUL_CAPATH", "ca_path"),
-        ("CONSUL_CLIENT_CERT", "client_cert"),
-        ("CONSUL_CLIENT_KEY", "client_key"),
-        ("CONSUL_TLS_SERVER_NAME", "tls_server_name"),
-    ):
+    for name, env in ENVIRONMENT.items():
         if environ.get(env):
             found[name] = environ[env]
     return found
@@ -342,27 +352,41 @@ def resolve(
     ``consulresults_*`` settings and the CLI's flags over them) into one
     :class:`ConsulSettings`."""
     merged: dict[str, Any] = {}
-    _merge_level(merged, from_environment(os.environ if environ is None else environ))
+    sources: dict[str, str] = {}
+    environment = from_environment(os.environ if environ is None else environ)
+    _merge_level(merged, environment, sources, lambda name: ENVIRONMENT.get(name, "CONSUL_*"))
     if url:
-        _merge_level(merged, from_url(url))
-    for level in (explicit, overrides):
-        _merge_level(merged, _coerced(level or {}, "setting"))
+        _merge_level(merged, from_url(url), sources, lambda name: "the backend URL")
+    _merge_level(merged, _coerced(explicit or {}, "setting"), sources, "consulresults_{}".format)
+    _merge_level(merged, _coerced(overrides or {}, "setting"), sources, _flag_of)
     if merged.pop("_tls", False):  # https:// asked for it; http:// never turns TLS off
         merged["scheme"] = "https"
     if merged.get("port", DEFAULT_PORT) is None:
         merged["port"] = _SCHEME_PORTS[merged.get("scheme", "http")]
-    return replace(ConsulSettings(), **merged)
+    return replace(ConsulSettings(), **merged, sources=sources)
 
 
-def _merge_level(merged: dict[str, Any], found: Mapping[str, Any]) -> None:
+def _flag_of(name: str) -> str:
+    option = OPTIONS.get(name)
+    return option.flag if option is not None and option.flag else name
+
+
+def _merge_level(
+    merged: dict[str, Any],
+    found: Mapping[str, Any],
+    sources: dict[str, str],
+    source: Callable[[str], str],
+) -> None:
     """One level's settings over the levels below. A token or token file replaces both of the
     lower levels'; within the level the file wins, as in Consul's client."""
     if found.get("token") or found.get("token_file"):
-        merged.pop("token", None)
-        merged.pop("token_file", None)
+        for name in ("token", "token_file"):
+            merged.pop(name, None)
+            sources.pop(name, None)
         if found.get("token_file"):
             found = {name: value for name, value in found.items() if name != "token"}
     merged.update(found)
+    sources.update((name, source(name)) for name, value in found.items() if value is not None)
 
 
 def _text(name: str) -> Callable[[object, str], dict[str, Any]]:
@@ -504,6 +528,21 @@ OPTIONS: dict[str, Option] = {
             metavar="DC",
             help="Datacenter to query.",
         ),
+        Option(
+            "namespace",
+            _text("namespace"),
+            flag="--namespace",
+            metavar="NS",
+            help="Consul Enterprise namespace of the results and their sessions, as "
+            "CONSUL_NAMESPACE (Consul CE refuses any).",
+        ),
+        Option(
+            "partition",
+            _text("partition"),
+            flag="--partition",
+            metavar="PARTITION",
+            help="Consul Enterprise admin partition, as CONSUL_PARTITION (Consul CE refuses any).",
+        ),
         Option("consistency", _choice("consistency", CONSISTENCY_MODES)),
         Option("timeout", _seconds("timeout")),
         Option("session_window", _seconds("session_window")),
@@ -518,4 +557,4 @@ OPTIONS: dict[str, Option] = {
     )
 }
 URL_OPTIONS = frozenset(name for name, option in OPTIONS.items() if option.in_url)
-URL_ALIASES = {"dc": "datacenter"}
+URL_ALIASES = {"dc": "datacenter", "ns": "namespace"}

@@ -5,6 +5,7 @@ at accept from any other failure."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ipaddress
 import os
@@ -220,3 +221,35 @@ def refused_at_accept(connection: Connection, exc: BaseException) -> bool:
             ssl.SSLZeroReturnError,
         ),
     )
+
+
+class Interrupted(Exception):
+    """A long request was cut short on purpose (:class:`Interrupt`)."""
+
+
+class Interrupt:
+    """Lets another thread cut a long request short (the waiting service's blocking read, when
+    a new waiter needs a round now): its socket is shut down, so the read ends at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._connection: Connection | None = None
+        self.fired = False
+
+    def attach(self, connection: Connection | None) -> None:
+        with self._lock:
+            self._connection = connection
+            if connection is not None and self.fired:
+                self._shut(connection)
+
+    def fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            if self._connection is not None:
+                self._shut(self._connection)
+
+    @staticmethod
+    def _shut(connection: Connection) -> None:
+        if connection.sock is not None:
+            with contextlib.suppress(OSError):  # already closed
+                connection.sock.shutdown(socket.SHUT_RDWR)

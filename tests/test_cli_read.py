@@ -206,6 +206,7 @@ def test_doctor_passes_on_a_working_setup(cli):
         "ok   create sessions",
         "ok   connection budget",
         "ok   group commit",
+        "ok   scope and credentials",
         "ok   pushed waiting (waiter)",
         "ok   pushed waiting (writer)",
         "ok   result_expires",
