@@ -170,7 +170,7 @@ class Doorbell:
             for key in keys:
                 if key in self.registered:
                     self._forgotten[key] = self.registered.pop(key)
-            if len(self._forgotten) == CLEANUP_BATCH:
+            if len(self._forgotten) >= CLEANUP_BATCH:
                 return True
             if self._forgotten and self._cleanup_at is None:
                 self._cleanup_at = time.monotonic() + CLEANUP_DELAY

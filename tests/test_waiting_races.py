@@ -1,0 +1,34 @@
+"""Races and partial failures of pushed waiting, each pinned by a focused test: the doorbell's
+bookkeeping, the ringer's flush, a round whose step fails for some keys only. On the dev server
+or a real agent; a fault no request can make is injected at the one call it concerns."""
+
+from __future__ import annotations
+
+import pytest
+
+from consulresults import doorbell
+
+
+@pytest.fixture
+def bell(make_app):
+    """A doorbell of a store of the test's prefix, closed at the end."""
+    app = make_app()
+    opened = doorbell.Doorbell(app.backend.store, on_rung=lambda e: None, on_lost=lambda: None)
+    opened.app = app
+    yield opened
+    opened.close()
+
+
+def keys_of(bell, n: int, name: str = "k") -> list[str]:
+    backend = bell.app.backend
+    return [backend._key(backend.get_key_for_task(f"{name}-{i}")) for i in range(n)]
+
+
+def test_forgetting_past_a_full_batch_starts_the_clean_up(bell):
+    """A forget that takes the pending keys from below CLEANUP_BATCH to above it asks for a
+    round at once, not only one that lands exactly on it."""
+    keys = keys_of(bell, doorbell.CLEANUP_BATCH + 4)
+    bell.registered.update(dict.fromkeys(keys, 0))
+    assert bell.forget({keys[0]})  # the first: a batch is due within CLEANUP_DELAY
+    assert bell.forget(set(keys[1:]))
+    assert bell.cleanup_due() == 0.0
