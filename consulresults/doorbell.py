@@ -201,11 +201,20 @@ class Doorbell:
                 raise
             except Exception as exc:  # no waiter's business: tried again with the next batch
                 logger.debug("consulresults: cleaning up waiting keys failed: %s", exc)
-                with self._lock:
-                    if self.session == session:
-                        self._forgotten.update(dict(items[pos:]))
-                        self._cleanup_at = time.monotonic() + CLEANUP_DELAY
+                self._retry_cleanup(session, items[pos:])
                 return
+
+    def _retry_cleanup(self, session: str, items: list[tuple[str, int]]) -> None:
+        """Put keys whose clean-up failed back for the next batch. A ring seen meanwhile
+        (the doorbell took the key for a stray) keeps its newer index: Raft's indexes only
+        grow, and a ``delete-cas`` at the older one would fail for ever."""
+        with self._lock:
+            if self.session != session:
+                return
+            for key, index in items:
+                if key not in self.registered:
+                    self._forgotten[key] = max(index, self._forgotten.get(key, 0))
+            self._cleanup_at = time.monotonic() + CLEANUP_DELAY
 
     def _delete(self, session: str, items: list[tuple[str, int]]) -> None:
         ops: list[dict[str, Any]] = []

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from consulresults import doorbell
+from consulresults.connection import ConsulError
 
 
 @pytest.fixture
@@ -32,3 +33,21 @@ def test_forgetting_past_a_full_batch_starts_the_clean_up(bell):
     assert bell.forget({keys[0]})  # the first: a batch is due within CLEANUP_DELAY
     assert bell.forget(set(keys[1:]))
     assert bell.cleanup_due() == 0.0
+
+
+def test_a_failed_clean_up_keeps_the_newer_ring_index(bell, monkeypatch):
+    """A ring seen while a clean-up is on its way (the doorbell takes the key for a stray at
+    its newer index) survives that clean-up's failure: the next delete-cas uses it."""
+    bell.register(keys_of(bell, 2))  # opens the session
+    key = keys_of(bell, 1)[0]
+    bell.forget({key})
+    stale = bell._forgotten[key]
+
+    def failing(session, items):
+        with bell._lock:
+            bell._forgotten[key] = stale + 100  # the doorbell saw a ring meanwhile
+        raise ConsulError("Consul answered 500: injected", status=500)
+
+    monkeypatch.setattr(bell, "_delete", failing)
+    bell.clean_up()
+    assert bell._forgotten[key] == stale + 100
