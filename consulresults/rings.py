@@ -28,7 +28,6 @@ import itertools
 import logging
 import os
 import threading
-import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -121,6 +120,7 @@ class Ringer:
         self._cond = threading.Condition()
         self._queue: dict[tuple[Any, ...], tuple[Transport, dict[str, dict[str, Any]]]] = {}
         self._thread: threading.Thread | None = None
+        self._sending = False  # a txn taken from the queue is on its way
         self.sent = 0  # ring txns sent, for tests and benchmarks
 
     def submit(self, transport: Transport, ops: list[dict[str, Any]]) -> None:
@@ -133,7 +133,7 @@ class Ringer:
                     target=self._run, name="consulresults-rings", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
+            self._cond.notify_all()  # the thread, not a flush waiting on the same condition
 
     def _run(self) -> None:
         while True:
@@ -143,20 +143,22 @@ class Ringer:
                 if not self._queue:
                     self._thread = None
                     return
-                queue, self._queue = self._queue, {}
-            for transport, ops in queue.values():
-                for batch in _batches(list(ops.values())):
-                    self.sent += 1
-                    send(transport, batch)
+                queue, self._queue, self._sending = self._queue, {}, True
+            try:
+                for transport, ops in queue.values():
+                    for batch in _batches(list(ops.values())):
+                        self.sent += 1
+                        send(transport, batch)
+            finally:
+                with self._cond:
+                    self._sending = False
+                    self._cond.notify_all()
 
-    def flush(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for the queue to be sent (a process on its way out)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._cond:
-                if not self._queue:
-                    return
-            time.sleep(0.01)
+    def flush(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the queue to be sent, the txn on its way
+        included (a process on its way out); whether it was."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not (self._queue or self._sending), timeout)
 
 
 def _batches(ops: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:

@@ -4,9 +4,11 @@ or a real agent; a fault no request can make is injected at the one call it conc
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
-from consulresults import doorbell
+from consulresults import doorbell, rings
 from consulresults.connection import ConsulError
 
 
@@ -51,3 +53,23 @@ def test_a_failed_clean_up_keeps_the_newer_ring_index(bell, monkeypatch):
     monkeypatch.setattr(bell, "_delete", failing)
     bell.clean_up()
     assert bell._forgotten[key] == stale + 100
+
+
+def test_the_ringers_flush_waits_for_the_txn_on_its_way(make_app, monkeypatch):
+    """A process on its way out flushes its rings: a ring txn taken from the queue but not yet
+    answered is still to wait for."""
+    store = make_app().backend.store
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_send(transport, ops):
+        entered.set()
+        release.wait(30)
+        return 0
+
+    monkeypatch.setattr(rings, "send", slow_send)
+    ringer = rings.Ringer()
+    ringer.submit(store.transport, [rings.lock_op("k", "no-such-session")])
+    assert entered.wait(30)
+    assert ringer.flush(0.2) is False  # the queue is empty, the txn is not answered
+    release.set()
+    assert ringer.flush(30) is True
