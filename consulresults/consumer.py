@@ -76,9 +76,9 @@ class Subscription:
         """Wait on ``keys`` too; they are read at the service's next round."""
         WAITING.watch(self._consumer.store, self.watch, keys)
 
-    def cancel_for(self, keys: Iterable[str] | None = None) -> None:
-        """Stop waiting on ``keys`` (None: on everything)."""
-        WAITING.cancel(self.watch, None if keys is None else list(keys))
+    def cancel_for(self) -> None:
+        """Stop waiting (on every key of this subscription)."""
+        WAITING.cancel(self.watch)
 
     def on_state_change(self, key: str, entry: Entry) -> None:
         """Take news read outside the service (:meth:`read_now`)."""

@@ -161,16 +161,18 @@ class WaitingService:
                     blocking.no_long_until = time.monotonic() + INTERRUPT_HOLDOFF
         BACKGROUND.wake(self)
 
-    def cancel(self, watch: Watch, keys: Iterable[str] | None = None) -> None:
-        """Stop serving ``watch`` (it is done, timed out or cancelled), or just ``keys`` of it."""
+    def cancel(self, watch: Watch) -> None:
+        """Stop serving ``watch`` (it is done, timed out or cancelled). The keys no other watch
+        waits on are forgotten under the service's lock, in one step with the watch's removal:
+        a new waiter on one of them in between would find it registered, while its
+        registration is on its way to be cleaned up, and its rings taken for strays."""
+        wake = False
         with self._lock:
-            if keys is not None:
-                watch.keys.difference_update(keys)
-                return
-            owners = [g for g in self._groups.values() if watch in g.watches]
-            gone = [(g.doorbell, g.remove(watch)) for g in owners]
-        # keys nobody waits on any more are cleaned up with the next batch: a round then
-        if any(door is not None and door.forget(keys) for door, keys in gone):
+            for group in [g for g in self._groups.values() if watch in g.watches]:
+                gone = group.remove(watch)
+                if group.doorbell is not None:
+                    wake = group.doorbell.forget(gone) or wake
+        if wake:  # keys nobody waits on any more are cleaned up with the next batch
             BACKGROUND.wake(self)
 
     def watched_keys(self) -> int:
@@ -253,7 +255,8 @@ class WaitingService:
         """Register new keys, clean up old ones, and read every key once per ``SAFETY_NET``."""
         group.idle_since = None
         door = group.doorbell or self._open(group, now)
-        door.forget(door.registered_keys() - keys)
+        with self._lock:  # as in cancel(): no waiter may come between the two
+            door.forget(door.registered_keys() - group.keys())
         new = sorted(keys - door.registered_keys())
         try:
             if new:

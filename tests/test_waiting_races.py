@@ -7,9 +7,11 @@ from __future__ import annotations
 import threading
 
 import pytest
+from conftest import wait_until
 
 from consulresults import doorbell, rings
 from consulresults.connection import ConsulError
+from consulresults.waiting import WAITING
 
 
 @pytest.fixture
@@ -73,3 +75,24 @@ def test_the_ringers_flush_waits_for_the_txn_on_its_way(make_app, monkeypatch):
     assert ringer.flush(0.2) is False  # the queue is empty, the txn is not answered
     release.set()
     assert ringer.flush(30) is True
+
+
+def test_a_cancel_forgets_its_keys_in_one_step_with_the_watchs_removal(bell, monkeypatch):
+    """A waiter that goes forgets its keys under the service's lock: no new waiter on one of
+    them, and no round, can come between its removal and the forget (else the new waiter
+    relies on a registration being cleaned up, its rings taken for strays)."""
+    held: list[bool] = []
+    forget = doorbell.Doorbell.forget
+
+    def spy(self, keys):
+        held.append(WAITING._lock.locked())
+        return forget(self, keys)
+
+    monkeypatch.setattr(doorbell.Doorbell, "forget", spy)
+    subscription = bell.app.backend.result_consumer.subscribe(lambda key, entry: False)
+    keys = keys_of(bell, 2, "cancelled")
+    subscription.consume_from(keys)
+    wait_until(lambda: WAITING.registered_keys() >= 2, 30, "2 registrations")
+    subscription.cancel_for()
+    wait_until(lambda: held, 30, "a forget")
+    assert all(held)
