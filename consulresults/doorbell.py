@@ -97,9 +97,12 @@ class Doorbell:
 
     # ------------------------------------------------------------------ registering
 
-    def register(self, keys: list[str]) -> dict[str, Entry | None]:
-        """Register ``keys``, reading each in the same txn; their entries (None: absent).
-        Keys still registered (forgotten, not yet cleaned up) are kept, and read too."""
+    def register(self, keys: list[str], on_read: Callable[[dict[str, Entry | None]], None]) -> None:
+        """Register ``keys``, reading each in the same txn, in batches; each batch's entries
+        (None: absent) go to ``on_read`` as soon as it is applied, so a later batch's failure
+        costs the earlier ones nothing (they are registered, and their reads are the only
+        ones until a ring or the safety net). Keys still registered (forgotten, not yet
+        cleaned up) are kept, and read too."""
         if not self.store._get_or_empty:
             raise PushUnavailable("this Consul has no get-or-empty (older than 1.14)")
         session = self.session or self._open()
@@ -107,11 +110,9 @@ class Doorbell:
             for key in keys:
                 if key in self._forgotten:
                     self.registered[key] = self._forgotten.pop(key)
-        found: dict[str, Entry | None] = {}
         per_txn = max(1, (self.store.txn_ops - 1) // 2)
         for pos in range(0, len(keys), per_txn):
-            found.update(self._register(session, keys[pos : pos + per_txn]))
-        return found
+            on_read(self._register(session, keys[pos : pos + per_txn]))
 
     def _register(self, session: str, keys: list[str]) -> dict[str, Entry | None]:
         ops: list[dict[str, Any]] = []

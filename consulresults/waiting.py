@@ -260,7 +260,7 @@ class WaitingService:
         new = sorted(keys - door.registered_keys())
         try:
             if new:
-                self._dispatch(group, door.register(new))
+                door.register(new, lambda entries: self._dispatch(group, entries))
             again = sorted(fresh - set(new))  # new waiters on keys registered already
             if again:
                 self._read(group, again)

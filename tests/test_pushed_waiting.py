@@ -104,7 +104,8 @@ def test_a_registration_reads_earlier_stores_and_later_ones_ring(make_app):
     before, after = (backend._key(backend.get_key_for_task(t)) for t in ("before", "after"))
     try:
         backend.store_result("before", 1, states.SUCCESS)
-        found = bell.register([before, after])
+        found: dict = {}
+        bell.register([before, after], found.update)
         assert backend.decode_result(found[before]["Value"])["result"] == 1
         assert found[after] is None
         backend.store_result("after", 2, states.SUCCESS)

@@ -7,10 +7,12 @@ from __future__ import annotations
 import threading
 
 import pytest
-from conftest import wait_until
+from celery import states
+from conftest import backend_url, wait_until
 
 from consulresults import doorbell, rings
 from consulresults.connection import ConsulError
+from consulresults.devserver.faults import FaultRule
 from consulresults.waiting import WAITING
 
 
@@ -42,7 +44,7 @@ def test_forgetting_past_a_full_batch_starts_the_clean_up(bell):
 def test_a_failed_clean_up_keeps_the_newer_ring_index(bell, monkeypatch):
     """A ring seen while a clean-up is on its way (the doorbell takes the key for a stray at
     its newer index) survives that clean-up's failure: the next delete-cas uses it."""
-    bell.register(keys_of(bell, 2))  # opens the session
+    bell.register(keys_of(bell, 2), lambda entries: None)  # opens the session
     key = keys_of(bell, 1)[0]
     bell.forget({key})
     stale = bell._forgotten[key]
@@ -96,3 +98,30 @@ def test_a_cancel_forgets_its_keys_in_one_step_with_the_watchs_removal(bell, mon
     subscription.cancel_for()
     wait_until(lambda: held, 30, "a forget")
     assert all(held)
+
+
+@pytest.fixture
+def own_server(consul_dev_server_factory):
+    """A dev server of the test's own, for faults that would hit other tests."""
+    return consul_dev_server_factory()
+
+
+def test_a_failed_registration_batch_costs_the_earlier_ones_nothing(make_app, own_server):
+    """Keys registered in several txns: when a later txn fails, the earlier ones' reads are
+    handed over all the same (they are registered, and nothing else reads them soon)."""
+    app = make_app(backend=backend_url(own_server, "batches"))
+    backend = app.backend
+    bell = doorbell.Doorbell(backend.store, on_rung=lambda e: None, on_lost=lambda: None)
+    per_txn = (backend.store.txn_ops - 1) // 2
+    ids = [f"batch-{i}" for i in range(per_txn + 1)]
+    keys = [backend._key(backend.get_key_for_task(t)) for t in ids]
+    backend.store_result(ids[0], 1, states.SUCCESS)
+    own_server.faults.add(FaultRule("error", count=1, after=1, path_prefix="/v1/txn"))
+    read: dict = {}
+    try:
+        with pytest.raises(ConsulError):
+            bell.register(keys, read.update)
+    finally:
+        bell.close()
+    assert set(read) == set(keys[:per_txn])
+    assert backend.decode_result(read[keys[0]]["Value"])["result"] == 1
