@@ -252,15 +252,15 @@ class WaitingService:
         return group.next_poll
 
     def _push_round(self, group: _Group, keys: set[str], fresh: set[str], now: float) -> float:
-        """Register new keys, clean up old ones, and read every key once per ``SAFETY_NET``."""
+        """Register new keys, clean up old ones, and read every key once per ``SAFETY_NET``.
+        A step that fails is the error of the watches of the keys it concerned only."""
         group.idle_since = None
         door = group.doorbell or self._open(group, now)
         with self._lock:  # as in cancel(): no waiter may come between the two
             door.forget(door.registered_keys() - group.keys())
         new = sorted(keys - door.registered_keys())
         try:
-            if new:
-                door.register(new, lambda entries: self._dispatch(group, entries))
+            failed = self._register(group, door, new)
             again = sorted(fresh - set(new))  # new waiters on keys registered already
             if again:
                 self._read(group, again)
@@ -276,11 +276,31 @@ class WaitingService:
             return time.monotonic()
         except SessionLost:
             return time.monotonic()  # registered again at once, with a new session
-        except Exception as exc:
-            self._fail(group, exc)
+        if failed:
             return time.monotonic() + ROUND_SECONDS
         cleanup = door.cleanup_due()
         return min(group.next_safety, cleanup if cleanup is not None else group.next_safety)
+
+    def _register(self, group: _Group, door: Doorbell, keys: list[str]) -> bool:
+        """Register ``keys``, handing each batch's reads over; whether a batch failed. Its
+        failure is the error of the watches of the keys not registered: the others'
+        registrations stand."""
+        if not keys:
+            return False
+        handed: set[str] = set()
+
+        def took(entries: dict[str, Entry | None]) -> None:
+            handed.update(entries)
+            self._dispatch(group, entries)
+
+        try:
+            door.register(keys, took)
+        except (PushUnavailable, SessionLost):
+            raise
+        except Exception as exc:
+            self._fail(group, exc, set(keys) - handed)
+            return True
+        return False
 
     def _open(self, group: _Group, now: float) -> Doorbell:
         group.doorbell = Doorbell(
@@ -323,7 +343,7 @@ class WaitingService:
         try:
             entries = group.store.entries(keys)
         except Exception as exc:
-            self._fail(group, exc)
+            self._fail(group, exc, keys)
             return
         self._dispatch(group, entries)
 
@@ -344,7 +364,7 @@ class WaitingService:
         except Interrupted:
             return time.monotonic()
         except Exception as exc:
-            self._fail(group, exc)
+            self._fail(group, exc, [key])
             group.last_long = ("", 0)
             return time.monotonic() + ROUND_SECONDS
         finally:
@@ -367,9 +387,11 @@ class WaitingService:
                         logger.exception("consulresults: a waiter failed to take its result")
                         group.remove(watch)
 
-    def _fail(self, group: _Group, exc: BaseException) -> None:
+    def _fail(self, group: _Group, exc: BaseException, keys: Iterable[str]) -> None:
+        """``exc`` is the error of the watches waiting on ``keys``, and of no other: a failed
+        step that concerned other keys cost them nothing."""
         with self._lock:
-            for watch in list(group.watches):
+            for watch in {w for key in keys for w in group.index.get(key, ())}:
                 watch.fail(exc)
 
 

@@ -10,7 +10,7 @@ import pytest
 from celery import states
 from conftest import backend_url, wait_until
 
-from consulresults import doorbell, rings
+from consulresults import doorbell, rings, waiting
 from consulresults.connection import ConsulError
 from consulresults.devserver.faults import FaultRule
 from consulresults.waiting import WAITING
@@ -125,3 +125,32 @@ def test_a_failed_registration_batch_costs_the_earlier_ones_nothing(make_app, ow
         bell.close()
     assert set(read) == set(keys[:per_txn])
     assert backend.decode_result(read[keys[0]]["Value"])["result"] == 1
+
+
+def test_a_failed_registration_is_the_error_of_its_own_waiters_only(
+    make_app, own_server, monkeypatch
+):
+    """A waiter whose key's registration fails gets the failure; one whose keys were
+    registered already keeps waiting, and gets its results by their rings."""
+    monkeypatch.setattr(waiting, "SAFETY_NET", 1e9)
+    app = make_app(backend=backend_url(own_server, "concerned"))
+    backend = app.backend
+    outcome: list[object] = []
+
+    def wait_for_both() -> None:
+        try:
+            outcome.append(dict(backend.get_many(["a1", "a2"], timeout=60)))
+        except Exception as exc:  # the outcome under test
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=wait_for_both)
+    waiter.start()
+    wait_until(lambda: WAITING.registered_keys() >= 2, 30, "2 registrations")
+    own_server.faults.add(FaultRule("error", count=1, path_prefix="/v1/txn"))
+    with pytest.raises(Exception, match="No cluster leader"):
+        app.AsyncResult("b").get(timeout=60)
+    for task_id in ("a1", "a2"):
+        backend.store_result(task_id, task_id, states.SUCCESS)
+    waiter.join(60)
+    assert len(outcome) == 1 and isinstance(outcome[0], dict), outcome
+    assert {k: meta["result"] for k, meta in outcome[0].items()} == {"a1": "a1", "a2": "a2"}
