@@ -44,6 +44,7 @@ SAFETY_NET = 5.0  # pushed keys are read this often all the same
 LONG_WAIT = 10.0
 INTERRUPT_HOLDOFF = 5.0  # after cutting a long read short, no other for a while
 LINGER = 10.0  # an idle doorbell's session is destroyed this long after its last key went
+PUSH_RETRY = 60.0  # a group that could not take part in pushes tries again this often
 
 
 class Watch:
@@ -96,7 +97,8 @@ class _Group:
         self.last_long: tuple[str, int] = ("", 0)  # the key last read so, and its index
         self.interrupt: Interrupt | None = None
         self.no_long_until = 0.0
-        self.push = True  # False once the token or server cannot take part: polled
+        self.push = True  # False while the token or server cannot take part: polled
+        self.push_again_at = 0.0  # when a polled group tries pushes again
         self.doorbell: Doorbell | None = None
         self.next_safety = 0.0
         self.idle_since: float | None = None
@@ -230,6 +232,8 @@ class WaitingService:
         with self._lock:
             keys = group.keys()
             fresh, group.fresh = group.fresh & keys, set()
+        if not group.push and now >= group.push_again_at:
+            group.push = True  # an ACL granted or an upgrade since: try again
         door = group.doorbell
         pushed = door is not None and not door.idle
         if group.push and (len(keys) > 1 or pushed or (keys and not may_block)):
@@ -312,16 +316,19 @@ class WaitingService:
         return group.doorbell
 
     def _unpushed(self, group: _Group, exc: BaseException) -> None:
-        """The token or server cannot take part: poll this group from now on."""
+        """The token or server cannot take part: poll this group, and try pushes again after
+        ``PUSH_RETRY`` (an ACL may be granted, a server upgraded). Said once in the log."""
         if not self._warned:
             self._warned = True
             logger.warning(
                 "consulresults: waiting polls every %g s instead of being pushed results: %s "
-                "(consul-results doctor says what the token needs)",
+                "(consul-results doctor says what the token needs); trying pushes again "
+                "every %g s",
                 ROUND_SECONDS,
                 exc,
+                PUSH_RETRY,
             )
-        group.push = False
+        group.push, group.push_again_at = False, time.monotonic() + PUSH_RETRY
         if group.doorbell is not None:
             group.doorbell.close()
             group.doorbell = None

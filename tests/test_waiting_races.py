@@ -27,7 +27,12 @@ def bell(make_app):
 
 
 def keys_of(bell, n: int, name: str = "k") -> list[str]:
-    backend = bell.app.backend
+    """The keys of ``n`` task ids of the bell's app."""
+    return task_keys(bell.app, n, name)
+
+
+def task_keys(app, n: int, name: str) -> list[str]:
+    backend = app.backend
     return [backend._key(backend.get_key_for_task(f"{name}-{i}")) for i in range(n)]
 
 
@@ -154,3 +159,22 @@ def test_a_failed_registration_is_the_error_of_its_own_waiters_only(
     waiter.join(60)
     assert len(outcome) == 1 and isinstance(outcome[0], dict), outcome
     assert {k: meta["result"] for k, meta in outcome[0].items()} == {"a1": "a1", "a2": "a2"}
+
+
+def test_pushes_are_tried_again_after_a_refusal(make_app, own_server, monkeypatch, caplog):
+    """A token refused a waiting session once (an ACL granted later, say) polls meanwhile,
+    says so once, and registers its keys at a later try."""
+    monkeypatch.setattr(waiting, "PUSH_RETRY", 0.0)
+    monkeypatch.setattr(WAITING, "_warned", False)
+    app = make_app(backend=backend_url(own_server, "again"))
+    refused = FaultRule(
+        "error", count=1, status=403, body="Permission denied", path_prefix="/v1/session/create"
+    )
+    own_server.faults.add(refused)
+    subscription = app.backend.result_consumer.subscribe(lambda key, entry: False)
+    with caplog.at_level("WARNING", logger="consulresults.waiting"), subscription:
+        subscription.consume_from(
+            [app.backend._key(app.backend.get_key_for_task(f"again-{i}")) for i in range(2)]
+        )
+        wait_until(lambda: WAITING.registered_keys() >= 2, 30, "2 registrations")
+    assert caplog.text.count("trying pushes again") == 1
