@@ -50,6 +50,7 @@ DOORBELL_WAIT = 300.0  # Consul's default max_query_time: a longer wait is cut t
 CLEANUP_DELAY = 1.0
 CLEANUP_BATCH = 16  # the doorbell's answer lists every ring not cleaned up: keep it short
 RETRY_PAUSE = (0.2, 5.0)  # the doorbell's pause after a failed query, first and longest
+LAGGING_READS = (0.01, 0.02, 0.04)  # pauses before reading a rung key again, while it lags
 _OPEN: weakref.WeakSet[Doorbell] = weakref.WeakSet()
 
 
@@ -355,7 +356,7 @@ class Doorbell:
     def _answer(self, session: str, listed: list[dict[str, Any]], seen: dict[str, int]) -> None:
         """Read the keys whose rings moved; rings of keys no longer registered are strays,
         cleaned up with the next batch."""
-        rung: list[str] = []
+        rung: dict[str, int] = {}  # key -> the index its ring says it was written at
         with self._lock:
             for entry in listed:
                 key = self.layout.rung(session, entry["Key"])
@@ -364,7 +365,7 @@ class Doorbell:
                 seen[key] = entry["ModifyIndex"]
                 if key in self.registered:
                     self.registered[key] = entry["ModifyIndex"]
-                    rung.append(key)
+                    rung[key] = rings.ring_index(entry.get("Value"))
                 else:
                     self._forgotten[key] = entry["ModifyIndex"]
                     if self._cleanup_at is None:
@@ -376,11 +377,30 @@ class Doorbell:
             return
         self.rings += len(rung)
         try:
-            entries = self.store.entries(rung)
+            entries = self._read_rung(rung)
         except Exception as exc:  # the safety net reads them soon
             logger.debug("consulresults: reading rung keys failed: %s", exc)
             return
         self.on_rung(entries)
+
+    def _read_rung(self, rung: dict[str, int]) -> dict[str, Entry | None]:
+        """The rung keys' entries. A read outside a writing txn may be answered by a server
+        behind the ring (``stale`` reads, a deposed leader's): a key older than the index its
+        ring carries is read again, a few times; what is still behind then is handed over as
+        it is (an older state is nobody's news) and the safety net reads it later."""
+        entries = self.store.entries(sorted(rung))
+        for pause in LAGGING_READS:
+            behind = [key for key, index in rung.items() if _older(entries.get(key), index)]
+            if not behind:
+                break
+            time.sleep(pause)
+            entries.update(self.store.entries(behind))
+        return entries
+
+
+def _older(entry: Entry | None, index: int) -> bool:
+    """Whether ``entry`` is older than a write at ``index`` (absent: older than any)."""
+    return index > 0 and (entry is None or entry["ModifyIndex"] < index)
 
 
 def _close_all() -> None:

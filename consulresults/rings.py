@@ -104,6 +104,15 @@ def ring_value(index: int) -> bytes:
     return f"{index} {os.getpid()} {next(_NONCE)}".encode()
 
 
+def ring_index(value: str | None) -> int:
+    """The written index a ring carries (``value`` as Consul lists it, base64), 0 when it
+    carries none this module can read (another writer's)."""
+    try:
+        return int(base64.b64decode(value or "").split(b" ", 1)[0])
+    except ValueError:  # binascii.Error included
+        return 0
+
+
 class Ringer:
     """Sends the process's rings from a thread of its own, so that a store returns as soon as
     it has landed: rings queued while one txn is on its way go out together in the next (group

@@ -178,3 +178,40 @@ def test_pushes_are_tried_again_after_a_refusal(make_app, own_server, monkeypatc
         )
         wait_until(lambda: WAITING.registered_keys() >= 2, 30, "2 registrations")
     assert caplog.text.count("trying pushes again") == 1
+
+
+def test_a_rung_key_read_behind_its_ring_is_read_again(make_app, monkeypatch):
+    """The read after a ring is no writing txn: a lagging server (a stale read, a deposed
+    leader) may answer with the state before the ring's. The ring carries the written index,
+    and a key read older than it is read again. A lagging server is what the dev server cannot
+    be: its first answer is replaced by the key's earlier entry."""
+    backend = make_app().backend
+    rung: list[dict] = []
+    arrived = threading.Event()
+
+    def on_rung(entries: dict) -> None:
+        rung.append(entries)
+        arrived.set()
+
+    bell = doorbell.Doorbell(backend.store, on_rung, on_lost=lambda: None)
+    key, other = (backend._key(backend.get_key_for_task(f"lagging-{i}")) for i in range(2))
+    backend.store_result("lagging-0", "before", states.STARTED)
+    earlier = backend.store.entries([key])
+    entries = backend.store.entries
+    lagged: list[bool] = []
+
+    def lagging(keys):
+        if not lagged:
+            lagged.append(True)
+            return {**entries(keys), **earlier}
+        return entries(keys)
+
+    try:
+        bell.register([key, other], lambda found: None)
+        monkeypatch.setattr(backend.store, "entries", lagging)
+        backend.store_result("lagging-0", "after", states.SUCCESS)
+        assert arrived.wait(30), "no ring"
+        assert lagged
+        assert backend.decode_result(rung[-1][key]["Value"])["result"] == "after"
+    finally:
+        bell.close()
