@@ -307,7 +307,7 @@ class WaitingMixin(KeyValueStoreBackend):
         with subscription:
             with until(deadline), timing_out(message):  # not held across a yield
                 waiter.start(deadline, read_first=True)
-            unfinished, iterations = len(keys), 0
+            unfinished, iterations, next_interval = len(keys), 0, time.monotonic()
             while True:
                 while waiter.ready:
                     task_id, meta = waiter.ready.popleft()
@@ -325,10 +325,14 @@ class WaitingMixin(KeyValueStoreBackend):
                 if waiter.ready:
                     continue
                 subscription.raise_unless_retried()
-                if on_interval is not None:
-                    on_interval()
-                iterations += 1
-                if max_iterations and iterations >= max_iterations:
-                    return
-                periodic = interval if on_interval is not None or max_iterations else None
-                subscription.sleep(deadline, periodic)
+                now = time.monotonic()
+                # an interval, as Celery counts them, not a wake-up; none past the deadline
+                if now >= next_interval and (deadline is None or now < deadline):
+                    if on_interval is not None:
+                        on_interval()
+                    iterations += 1
+                    if max_iterations and iterations >= max_iterations:
+                        return
+                    next_interval = now + interval
+                counting = on_interval is not None or bool(max_iterations)
+                subscription.sleep(deadline, max(0.0, next_interval - now) if counting else None)

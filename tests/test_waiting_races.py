@@ -215,3 +215,30 @@ def test_a_rung_key_read_behind_its_ring_is_read_again(make_app, monkeypatch):
         assert backend.decode_result(rung[-1][key]["Value"])["result"] == "after"
     finally:
         bell.close()
+
+
+def test_get_many_counts_intervals_not_wake_ups(make_app):
+    """``on_interval`` and ``max_iterations`` count intervals of ``interval`` seconds, as
+    Celery's get_many does: results arriving one at a time within an interval are no
+    iterations (they ended a max_iterations=3 wait after two results)."""
+    app = make_app()
+    backend = app.backend
+    ids = [f"intervals-{i}" for i in range(4)]
+    got: list[str] = []
+    intervals: list[int] = []
+
+    def consume() -> None:
+        for task_id, _ in backend.get_many(
+            ids, timeout=60, interval=600, max_iterations=3, on_interval=lambda: intervals.append(1)
+        ):
+            got.append(task_id)
+
+    consumer_thread = threading.Thread(target=consume)
+    consumer_thread.start()
+    wait_until(lambda: intervals, 30, "the first interval")
+    for n, task_id in enumerate(ids, 1):
+        backend.store_result(task_id, n, states.SUCCESS)
+        wait_until(lambda n=n: len(got) >= n or not consumer_thread.is_alive(), 30, "a result")
+    consumer_thread.join(30)
+    assert got == ids
+    assert intervals == [1]
