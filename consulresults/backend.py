@@ -20,6 +20,7 @@ KV core (:mod:`consulresults.kv`), which owns how results live in Consul:
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
@@ -41,6 +42,7 @@ from .chords import ChordStore
 from .client import ConsulClient
 from .connection import connect, is_transient
 from .consumer import ResultConsumer
+from .deadline import clamp, passed
 from .expiry import MIN_TTL, CleanupNeeded, ExpiryPlan, renew_pending
 from .kv import KVStore, ValueTooLarge, WriteConflict
 from .operations import ALL_KINDS, ResultFilter, ResultOperations
@@ -333,8 +335,16 @@ class ConsulBackend(WaitingMixin, ChordMixin, KeyValueStoreBackend):
 
     def exception_safe_to_retry(self, exc: BaseException) -> bool:
         """Transient failures Celery may retry (``result_backend_always_retry``): lost
-        connections, timeouts, 429 and 5xx answers such as "No cluster leader"."""
-        return is_transient(exc)
+        connections, timeouts, 429 and 5xx answers such as "No cluster leader"; none once the
+        caller's deadline has passed. Celery's own retry loop (``_ensure_retryable``: the
+        parent check of ``get()``, ``get_task_meta``) knows no deadline, and under its default
+        endless ``result_backend_max_retries`` would outlive ``get(timeout=T)``."""
+        return is_transient(exc) and not passed()
+
+    def _sleep(self, amount: float) -> None:
+        """Celery's pause between two tries of its retry loop, never past the caller's
+        deadline: the try at the deadline is then the last."""
+        time.sleep(clamp(amount))
 
 
 def _note_start(task: Any = None, **_: Any) -> None:

@@ -329,7 +329,8 @@ class WaitingMixin(KeyValueStoreBackend):
                 # an interval, as Celery counts them, not a wake-up; none past the deadline
                 if now >= next_interval and (deadline is None or now < deadline):
                     if on_interval is not None:
-                        on_interval()
+                        with until(deadline):  # its reads' retries end at the deadline too
+                            on_interval()
                     iterations += 1
                     if max_iterations and iterations >= max_iterations:
                         return
