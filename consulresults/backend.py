@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from typing import Any, TypeVar, cast
 
 import consul
@@ -35,7 +36,10 @@ from celery.utils.time import get_exponential_backoff_interval
 from kombu.utils.encoding import bytes_to_str, str_to_bytes
 from kombu.utils.objects import cached_property
 
-from . import compat  # noqa: F401 -- Celery finds a stored exception's class in sys.modules
+from . import (
+    compat,  # noqa: F401 -- Celery finds a stored exception's class in sys.modules
+    rings,
+)
 from .celery_chords import ChordMixin
 from .celery_waiting import WaitingMixin
 from .chords import ChordStore
@@ -237,14 +241,17 @@ class ConsulBackend(WaitingMixin, ChordMixin, KeyValueStoreBackend):
         meta["task_id"] = bytes_to_str(task_id)
         if (started := self._date_started(request, meta["task_id"], state)) is not None:
             meta["date_started"] = started
+        # waiters act on ready states only: no ring for the others (rings.silent)
+        ringing = rings.silent() if state not in states.READY_STATES else nullcontext()
         try:
-            self._write(
-                self._key(self.get_key_for_task(task_id)),
-                self.encode(meta),
-                self._plan_for_state(state),
-                keep=self._is_success,
-                final=state == states.SUCCESS,
-            )
+            with ringing:
+                self._write(
+                    self._key(self.get_key_for_task(task_id)),
+                    self.encode(meta),
+                    self._plan_for_state(state),
+                    keep=self._is_success,
+                    final=state == states.SUCCESS,
+                )
         except BackendStoreError as exc:
             raise BackendStoreError(str(exc), state=state, task_id=task_id) from exc
         return result

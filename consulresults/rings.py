@@ -28,7 +28,9 @@ import itertools
 import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from . import forks
@@ -39,6 +41,7 @@ WAITING_DIR = "consulresults-waiting"
 BATCH_OPS = 64
 IDLE_SECONDS = 5.0  # the ringer's thread ends after this long without rings
 _NONCE = itertools.count()
+_SILENT: ContextVar[bool] = ContextVar("consulresults_silent", default=False)
 
 
 class Layout:
@@ -175,6 +178,20 @@ def _batches(ops: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return [ops[pos : pos + BATCH_OPS] for pos in range(0, len(ops), BATCH_OPS)]
 
 
+@contextmanager
+def silent() -> Iterator[None]:
+    """Within this block a store rings no doorbell: it writes a state no waiter acts on
+    (Celery's STARTED, RETRY, a task's own progress states). Waiters wait for ready states,
+    and Celery's key/value backends refuse ``get(on_message=...)``, the one reader of the
+    others; a ring for them would cost a ring txn and a read per waiting process, and its key
+    would sit in the doorbell's every answer until the key is done with."""
+    token = _SILENT.set(True)
+    try:
+        yield
+    finally:
+        _SILENT.reset(token)
+
+
 def ring(
     transport: Transport,
     layout: Layout,
@@ -183,7 +200,9 @@ def ring(
     index: int,
 ) -> None:
     """Ring the doorbell of each waiting session after ``key`` was written at ``index``, from
-    the process's ringer."""
+    the process's ringer (unless :func:`silent`)."""
+    if _SILENT.get():
+        return
     value = ring_value(index)
     RINGER.submit(transport, [lock_op(layout.ring(s, key), s, value) for s in sessions])
 
