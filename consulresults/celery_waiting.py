@@ -3,9 +3,11 @@
 (:mod:`consulresults.waiting`), so a thousand waiting threads share its two connections
 instead of holding a blocking query each.
 
-A wait reads its key once itself (a result already stored returns at once, as before), then
-hands the key to the service and sleeps on an event until the result is ready, its deadline
-passes, or a parent failed.
+``get()`` hands its key to the service at once (the service's next round reads it: a
+registration's read, or a lone waiter's blocking read) and sleeps on an event until the result
+is ready, its deadline passes, or a parent failed; ``get_many`` reads its ids itself first, in
+txn batches, and hands over only those not ready; ``timeout=0`` is one read in the caller's
+thread (:meth:`consulresults.consumer.Subscription.begin`).
 
 Parents: ``AsyncResult.get()`` passes an ``on_interval`` callback that re-raises a parent's
 error (a failed first task of a chain). Celery's other backends call it every round, a read per

@@ -2,10 +2,12 @@
 session, the keys it has registered, and the one blocking query on its doorbell.
 
 - **Registering** a key is a ``lock`` of ``consulresults-waiting/r/<key>/<session>`` and a
-  ``get-or-empty`` of the key, in one writing txn (64 keys a txn). Raft orders it against every
-  store of the key, whose txn reads the registrations (:mod:`consulresults.rings`): either the
-  store sees the registration and rings, or the registration reads the stored result. No
-  wake-up is lost, and no read outside a writing txn is relied on.
+  ``get-or-empty`` of the key, in one writing txn (64 keys a txn; each txn's reads are handed
+  over as it is applied). Raft orders it against every store of the key, whose txn reads the
+  registrations (:mod:`consulresults.rings`): either the store sees the registration and rings,
+  or the registration reads the stored result. No wake-up is lost, and no read outside a
+  writing txn is relied on: the read after a ring is checked against the index the ring
+  carries, and read again while a lagging server answers with an older state.
 - **The doorbell** is one blocking query on ``consulresults-waiting/d/<session>``, on its own
   thread, over one connection of the budget (a blocking read never takes the last one). Its
   answer lists the rings; each ring whose index moved names a key to read, and those keys are

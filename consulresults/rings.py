@@ -16,8 +16,10 @@ leaving a key behind. Each ring's value is new (Consul skips a write that change
 would wake nobody). A ring names the written key and carries no result: the waiter reads it,
 so the right to ring (``key:write`` on the doorbells, which every waiter has) cannot forge one.
 
-This module knows names and operations only; the writer's side runs in
-:meth:`consulresults.kv.KVStore.write`, the waiter's in :mod:`consulresults.doorbell`.
+This module holds the names, the operations, what a ring carries (:func:`ring_value`,
+:func:`ring_index`), which stores ring (:func:`silent`) and the process's ring sender
+(:data:`RINGER`); a store asks for its rings in :meth:`consulresults.kv.KVStore.write`, and the
+waiter's side runs in :mod:`consulresults.doorbell`.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ here, over a bounded number of connections however many wait. Waiters are groupe
   rounds nothing is read: the doorbell's blocking query, on its own thread, wakes on a ring and
   reads just the rung keys.
 - **polled** (push unavailable: the token may not register, or Consul is older than 1.14): the
-  keys are read in ``/v1/txn`` batches every ``ROUND_SECONDS``.
+  keys are read in ``/v1/txn`` batches every ``ROUND_SECONDS``, and pushes are tried again
+  every ``PUSH_RETRY``.
 
 Reads are ``default``-consistency (``stale`` if the backend is configured stale): a READY
 answer is final, and a not-ready one is read again later. Registrations read inside a writing
