@@ -20,8 +20,10 @@ KV core (:mod:`consulresults.kv`), which owns how results live in Consul:
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from typing import Any, TypeVar, cast
 
 import consul
@@ -34,13 +36,17 @@ from celery.utils.time import get_exponential_backoff_interval
 from kombu.utils.encoding import bytes_to_str, str_to_bytes
 from kombu.utils.objects import cached_property
 
-from . import compat  # noqa: F401 -- Celery finds a stored exception's class in sys.modules
+from . import (
+    compat,  # noqa: F401 -- Celery finds a stored exception's class in sys.modules
+    rings,
+)
 from .celery_chords import ChordMixin
 from .celery_waiting import WaitingMixin
 from .chords import ChordStore
 from .client import ConsulClient
 from .connection import connect, is_transient
 from .consumer import ResultConsumer
+from .deadline import clamp, passed
 from .expiry import MIN_TTL, CleanupNeeded, ExpiryPlan, renew_pending
 from .kv import KVStore, ValueTooLarge, WriteConflict
 from .operations import ALL_KINDS, ResultFilter, ResultOperations, hiding_text
@@ -241,14 +247,17 @@ class ConsulBackend(WaitingMixin, ChordMixin, KeyValueStoreBackend):
         meta["task_id"] = bytes_to_str(task_id)
         if (started := self._date_started(request, meta["task_id"], state)) is not None:
             meta["date_started"] = started
+        # waiters act on ready states only: no ring for the others (rings.silent)
+        ringing = rings.silent() if state not in states.READY_STATES else nullcontext()
         try:
-            self._write(
-                self._key(self.get_key_for_task(task_id)),
-                self.encode(meta),
-                self._plan_for_state(state),
-                keep=self._is_success,
-                final=state == states.SUCCESS,
-            )
+            with ringing:
+                self._write(
+                    self._key(self.get_key_for_task(task_id)),
+                    self.encode(meta),
+                    self._plan_for_state(state),
+                    keep=self._is_success,
+                    final=state == states.SUCCESS,
+                )
         except BackendStoreError as exc:
             raise BackendStoreError(str(exc), state=state, task_id=task_id) from exc
         return result
@@ -348,8 +357,16 @@ class ConsulBackend(WaitingMixin, ChordMixin, KeyValueStoreBackend):
 
     def exception_safe_to_retry(self, exc: BaseException) -> bool:
         """Transient failures Celery may retry (``result_backend_always_retry``): lost
-        connections, timeouts, 429 and 5xx answers such as "No cluster leader"."""
-        return is_transient(exc)
+        connections, timeouts, 429 and 5xx answers such as "No cluster leader"; none once the
+        caller's deadline has passed. Celery's own retry loop (``_ensure_retryable``: the
+        parent check of ``get()``, ``get_task_meta``) knows no deadline, and under its default
+        endless ``result_backend_max_retries`` would outlive ``get(timeout=T)``."""
+        return is_transient(exc) and not passed()
+
+    def _sleep(self, amount: float) -> None:
+        """Celery's pause between two tries of its retry loop, never past the caller's
+        deadline: the try at the deadline is then the last."""
+        time.sleep(clamp(amount))
 
 
 def _note_start(task: Any = None, **_: Any) -> None:

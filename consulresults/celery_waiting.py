@@ -3,9 +3,11 @@
 (:mod:`consulresults.waiting`), so a thousand waiting threads share its two connections
 instead of holding a blocking query each.
 
-A wait reads its key once itself (a result already stored returns at once, as before), then
-hands the key to the service and sleeps on an event until the result is ready, its deadline
-passes, or a parent failed.
+``get()`` hands its key to the service at once (the service's next round reads it: a
+registration's read, or a lone waiter's blocking read) and sleeps on an event until the result
+is ready, its deadline passes, or a parent failed; ``get_many`` reads its ids itself first, in
+txn batches, and hands over only those not ready; ``timeout=0`` is one read in the caller's
+thread (:meth:`consulresults.consumer.Subscription.begin`).
 
 Parents: ``AsyncResult.get()`` passes an ``on_interval`` callback that re-raises a parent's
 error (a failed first task of a chain). Celery's other backends call it every round, a read per
@@ -307,7 +309,7 @@ class WaitingMixin(KeyValueStoreBackend):
         with subscription:
             with until(deadline), timing_out(message):  # not held across a yield
                 waiter.start(deadline, read_first=True)
-            unfinished, iterations = len(keys), 0
+            unfinished, iterations, next_interval = len(keys), 0, time.monotonic()
             while True:
                 while waiter.ready:
                     task_id, meta = waiter.ready.popleft()
@@ -325,10 +327,15 @@ class WaitingMixin(KeyValueStoreBackend):
                 if waiter.ready:
                     continue
                 subscription.raise_unless_retried()
-                if on_interval is not None:
-                    on_interval()
-                iterations += 1
-                if max_iterations and iterations >= max_iterations:
-                    return
-                periodic = interval if on_interval is not None or max_iterations else None
-                subscription.sleep(deadline, periodic)
+                now = time.monotonic()
+                # an interval, as Celery counts them, not a wake-up; none past the deadline
+                if now >= next_interval and (deadline is None or now < deadline):
+                    if on_interval is not None:
+                        with until(deadline):  # its reads' retries end at the deadline too
+                            on_interval()
+                    iterations += 1
+                    if max_iterations and iterations >= max_iterations:
+                        return
+                    next_interval = now + interval
+                counting = on_interval is not None or bool(max_iterations)
+                subscription.sleep(deadline, max(0.0, next_interval - now) if counting else None)

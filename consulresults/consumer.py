@@ -60,7 +60,6 @@ class Subscription:
         notify: Callable[[], object] | None,
     ) -> None:
         self._consumer = consumer
-        self._on_state_change = on_state_change
         self.event = threading.Event()
         self.notify = notify or self.event.set
         self.watch = Watch((), on_state_change, self._failed)
@@ -76,13 +75,14 @@ class Subscription:
         """Wait on ``keys`` too; they are read at the service's next round."""
         WAITING.watch(self._consumer.store, self.watch, keys)
 
-    def cancel_for(self, keys: Iterable[str] | None = None) -> None:
-        """Stop waiting on ``keys`` (None: on everything)."""
-        WAITING.cancel(self.watch, None if keys is None else list(keys))
+    def cancel_for(self) -> None:
+        """Stop waiting (on every key of this subscription)."""
+        WAITING.cancel(self.watch)
 
-    def on_state_change(self, key: str, entry: Entry) -> None:
-        """Take news read outside the service (:meth:`read_now`)."""
-        self.watch.offer(key, entry)
+    def on_state_change(self, key: str, entry: Entry | None) -> bool:
+        """Take news read outside the service (:meth:`begin`, :meth:`read_now`); whether
+        that key needs no more news."""
+        return self.watch.offer(key, entry)
 
     def drain_events(self, deadline: float | None, periodic: float | None = None) -> None:
         """Sleep until there is news, ``deadline`` (monotonic) or ``periodic`` seconds pass;
@@ -104,7 +104,7 @@ class Subscription:
             store, policy = self._consumer.store, self._consumer.policy
             with until(deadline):
                 read = policy.call(lambda: store.entries(keys)) if policy else store.entries(keys)
-            self.consume_from([key for key in keys if not self.watch.offer(key, read.get(key))])
+            self.consume_from([key for key in keys if not self.on_state_change(key, read.get(key))])
         else:
             self.consume_from(keys)
 
@@ -152,7 +152,7 @@ class Subscription:
         with until(time.monotonic() + store.transport.timeout):
             entries = store.entries(keys)
         for key, entry in entries.items():
-            self.watch.offer(key, entry)
+            self.on_state_change(key, entry)
 
     def _failed(self, exc: BaseException) -> None:
         self.error = exc

@@ -2,10 +2,12 @@
 session, the keys it has registered, and the one blocking query on its doorbell.
 
 - **Registering** a key is a ``lock`` of ``consulresults-waiting/r/<key>/<session>`` and a
-  ``get-or-empty`` of the key, in one writing txn (64 keys a txn). Raft orders it against every
-  store of the key, whose txn reads the registrations (:mod:`consulresults.rings`): either the
-  store sees the registration and rings, or the registration reads the stored result. No
-  wake-up is lost, and no read outside a writing txn is relied on.
+  ``get-or-empty`` of the key, in one writing txn (64 keys a txn; each txn's reads are handed
+  over as it is applied). Raft orders it against every store of the key, whose txn reads the
+  registrations (:mod:`consulresults.rings`): either the store sees the registration and rings,
+  or the registration reads the stored result. No wake-up is lost, and no read outside a
+  writing txn is relied on: the read after a ring is checked against the index the ring
+  carries, and read again while a lagging server answers with an older state.
 - **The doorbell** is one blocking query on ``consulresults-waiting/d/<session>``, on its own
   thread, over one connection of the budget (a blocking read never takes the last one). Its
   answer lists the rings; each ring whose index moved names a key to read, and those keys are
@@ -50,6 +52,7 @@ DOORBELL_WAIT = 300.0  # Consul's default max_query_time: a longer wait is cut t
 CLEANUP_DELAY = 1.0
 CLEANUP_BATCH = 16  # the doorbell's answer lists every ring not cleaned up: keep it short
 RETRY_PAUSE = (0.2, 5.0)  # the doorbell's pause after a failed query, first and longest
+LAGGING_READS = (0.01, 0.02, 0.04)  # pauses before reading a rung key again, while it lags
 _OPEN: weakref.WeakSet[Doorbell] = weakref.WeakSet()
 
 
@@ -97,9 +100,12 @@ class Doorbell:
 
     # ------------------------------------------------------------------ registering
 
-    def register(self, keys: list[str]) -> dict[str, Entry | None]:
-        """Register ``keys``, reading each in the same txn; their entries (None: absent).
-        Keys still registered (forgotten, not yet cleaned up) are kept, and read too."""
+    def register(self, keys: list[str], on_read: Callable[[dict[str, Entry | None]], None]) -> None:
+        """Register ``keys``, reading each in the same txn, in batches; each batch's entries
+        (None: absent) go to ``on_read`` as soon as it is applied, so a later batch's failure
+        costs the earlier ones nothing (they are registered, and their reads are the only
+        ones until a ring or the safety net). Keys still registered (forgotten, not yet
+        cleaned up) are kept, and read too."""
         if not self.store._get_or_empty:
             raise PushUnavailable("this Consul has no get-or-empty (older than 1.14)")
         session = self.session or self._open()
@@ -107,11 +113,9 @@ class Doorbell:
             for key in keys:
                 if key in self._forgotten:
                     self.registered[key] = self._forgotten.pop(key)
-        found: dict[str, Entry | None] = {}
         per_txn = max(1, (self.store.txn_ops - 1) // 2)
         for pos in range(0, len(keys), per_txn):
-            found.update(self._register(session, keys[pos : pos + per_txn]))
-        return found
+            on_read(self._register(session, keys[pos : pos + per_txn]))
 
     def _register(self, session: str, keys: list[str]) -> dict[str, Entry | None]:
         ops: list[dict[str, Any]] = []
@@ -170,7 +174,7 @@ class Doorbell:
             for key in keys:
                 if key in self.registered:
                     self._forgotten[key] = self.registered.pop(key)
-            if len(self._forgotten) == CLEANUP_BATCH:
+            if len(self._forgotten) >= CLEANUP_BATCH:
                 return True
             if self._forgotten and self._cleanup_at is None:
                 self._cleanup_at = time.monotonic() + CLEANUP_DELAY
@@ -201,11 +205,20 @@ class Doorbell:
                 raise
             except Exception as exc:  # no waiter's business: tried again with the next batch
                 logger.debug("consulresults: cleaning up waiting keys failed: %s", exc)
-                with self._lock:
-                    if self.session == session:
-                        self._forgotten.update(dict(items[pos:]))
-                        self._cleanup_at = time.monotonic() + CLEANUP_DELAY
+                self._retry_cleanup(session, items[pos:])
                 return
+
+    def _retry_cleanup(self, session: str, items: list[tuple[str, int]]) -> None:
+        """Put keys whose clean-up failed back for the next batch. A ring seen meanwhile
+        (the doorbell took the key for a stray) keeps its newer index: Raft's indexes only
+        grow, and a ``delete-cas`` at the older one would fail for ever."""
+        with self._lock:
+            if self.session != session:
+                return
+            for key, index in items:
+                if key not in self.registered:
+                    self._forgotten[key] = max(index, self._forgotten.get(key, 0))
+            self._cleanup_at = time.monotonic() + CLEANUP_DELAY
 
     def _delete(self, session: str, items: list[tuple[str, int]]) -> None:
         ops: list[dict[str, Any]] = []
@@ -345,7 +358,7 @@ class Doorbell:
     def _answer(self, session: str, listed: list[dict[str, Any]], seen: dict[str, int]) -> None:
         """Read the keys whose rings moved; rings of keys no longer registered are strays,
         cleaned up with the next batch."""
-        rung: list[str] = []
+        rung: dict[str, int] = {}  # key -> the index its ring says it was written at
         with self._lock:
             for entry in listed:
                 key = self.layout.rung(session, entry["Key"])
@@ -354,7 +367,7 @@ class Doorbell:
                 seen[key] = entry["ModifyIndex"]
                 if key in self.registered:
                     self.registered[key] = entry["ModifyIndex"]
-                    rung.append(key)
+                    rung[key] = rings.ring_index(entry.get("Value"))
                 else:
                     self._forgotten[key] = entry["ModifyIndex"]
                     if self._cleanup_at is None:
@@ -366,11 +379,30 @@ class Doorbell:
             return
         self.rings += len(rung)
         try:
-            entries = self.store.entries(rung)
+            entries = self._read_rung(rung)
         except Exception as exc:  # the safety net reads them soon
             logger.debug("consulresults: reading rung keys failed: %s", exc)
             return
         self.on_rung(entries)
+
+    def _read_rung(self, rung: dict[str, int]) -> dict[str, Entry | None]:
+        """The rung keys' entries. A read outside a writing txn may be answered by a server
+        behind the ring (``stale`` reads, a deposed leader's): a key older than the index its
+        ring carries is read again, a few times; what is still behind then is handed over as
+        it is (an older state is nobody's news) and the safety net reads it later."""
+        entries = self.store.entries(sorted(rung))
+        for pause in LAGGING_READS:
+            behind = [key for key, index in rung.items() if _older(entries.get(key), index)]
+            if not behind:
+                break
+            time.sleep(pause)
+            entries.update(self.store.entries(behind))
+        return entries
+
+
+def _older(entry: Entry | None, index: int) -> bool:
+    """Whether ``entry`` is older than a write at ``index`` (absent: older than any)."""
+    return index > 0 and (entry is None or entry["ModifyIndex"] < index)
 
 
 def _close_all() -> None:

@@ -16,8 +16,10 @@ leaving a key behind. Each ring's value is new (Consul skips a write that change
 would wake nobody). A ring names the written key and carries no result: the waiter reads it,
 so the right to ring (``key:write`` on the doorbells, which every waiter has) cannot forge one.
 
-This module knows names and operations only; the writer's side runs in
-:meth:`consulresults.kv.KVStore.write`, the waiter's in :mod:`consulresults.doorbell`.
+This module holds the names, the operations, what a ring carries (:func:`ring_value`,
+:func:`ring_index`), which stores ring (:func:`silent`) and the process's ring sender
+(:data:`RINGER`); a store asks for its rings in :meth:`consulresults.kv.KVStore.write`, and the
+waiter's side runs in :mod:`consulresults.doorbell`.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ import itertools
 import logging
 import os
 import threading
-import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from . import forks
@@ -40,6 +43,7 @@ WAITING_DIR = "consulresults-waiting"
 BATCH_OPS = 64
 IDLE_SECONDS = 5.0  # the ringer's thread ends after this long without rings
 _NONCE = itertools.count()
+_SILENT: ContextVar[bool] = ContextVar("consulresults_silent", default=False)
 
 
 class Layout:
@@ -105,6 +109,15 @@ def ring_value(index: int) -> bytes:
     return f"{index} {os.getpid()} {next(_NONCE)}".encode()
 
 
+def ring_index(value: str | None) -> int:
+    """The written index a ring carries (``value`` as Consul lists it, base64), 0 when it
+    carries none this module can read (another writer's)."""
+    try:
+        return int(base64.b64decode(value or "").split(b" ", 1)[0])
+    except ValueError:  # binascii.Error included
+        return 0
+
+
 class Ringer:
     """Sends the process's rings from a thread of its own, so that a store returns as soon as
     it has landed: rings queued while one txn is on its way go out together in the next (group
@@ -121,6 +134,7 @@ class Ringer:
         self._cond = threading.Condition()
         self._queue: dict[tuple[Any, ...], tuple[Transport, dict[str, dict[str, Any]]]] = {}
         self._thread: threading.Thread | None = None
+        self._sending = False  # a txn taken from the queue is on its way
         self.sent = 0  # ring txns sent, for tests and benchmarks
 
     def submit(self, transport: Transport, ops: list[dict[str, Any]]) -> None:
@@ -133,7 +147,7 @@ class Ringer:
                     target=self._run, name="consulresults-rings", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
+            self._cond.notify_all()  # the thread, not a flush waiting on the same condition
 
     def _run(self) -> None:
         while True:
@@ -143,25 +157,41 @@ class Ringer:
                 if not self._queue:
                     self._thread = None
                     return
-                queue, self._queue = self._queue, {}
-            for transport, ops in queue.values():
-                for batch in _batches(list(ops.values())):
-                    self.sent += 1
-                    send(transport, batch)
+                queue, self._queue, self._sending = self._queue, {}, True
+            try:
+                for transport, ops in queue.values():
+                    for batch in _batches(list(ops.values())):
+                        self.sent += 1
+                        send(transport, batch)
+            finally:
+                with self._cond:
+                    self._sending = False
+                    self._cond.notify_all()
 
-    def flush(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for the queue to be sent (a process on its way out)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._cond:
-                if not self._queue:
-                    return
-            time.sleep(0.01)
+    def flush(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the queue to be sent, the txn on its way
+        included (a process on its way out); whether it was."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not (self._queue or self._sending), timeout)
 
 
 def _batches(ops: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     """Ops in txns of at most ``BATCH_OPS`` operations."""
     return [ops[pos : pos + BATCH_OPS] for pos in range(0, len(ops), BATCH_OPS)]
+
+
+@contextmanager
+def silent() -> Iterator[None]:
+    """Within this block a store rings no doorbell: it writes a state no waiter acts on
+    (Celery's STARTED, RETRY, a task's own progress states). Waiters wait for ready states,
+    and Celery's key/value backends refuse ``get(on_message=...)``, the one reader of the
+    others; a ring for them would cost a ring txn and a read per waiting process, and its key
+    would sit in the doorbell's every answer until the key is done with."""
+    token = _SILENT.set(True)
+    try:
+        yield
+    finally:
+        _SILENT.reset(token)
 
 
 def ring(
@@ -172,7 +202,9 @@ def ring(
     index: int,
 ) -> None:
     """Ring the doorbell of each waiting session after ``key`` was written at ``index``, from
-    the process's ringer."""
+    the process's ringer (unless :func:`silent`)."""
+    if _SILENT.get():
+        return
     value = ring_value(index)
     RINGER.submit(transport, [lock_op(layout.ring(s, key), s, value) for s in sessions])
 

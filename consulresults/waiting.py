@@ -15,7 +15,8 @@ here, over a bounded number of connections however many wait. Waiters are groupe
   rounds nothing is read: the doorbell's blocking query, on its own thread, wakes on a ring and
   reads just the rung keys.
 - **polled** (push unavailable: the token may not register, or Consul is older than 1.14): the
-  keys are read in ``/v1/txn`` batches every ``ROUND_SECONDS``.
+  keys are read in ``/v1/txn`` batches every ``ROUND_SECONDS``, and pushes are tried again
+  every ``PUSH_RETRY``.
 
 Reads are ``default``-consistency (``stale`` if the backend is configured stale): a READY
 answer is final, and a not-ready one is read again later. Registrations read inside a writing
@@ -44,6 +45,7 @@ SAFETY_NET = 5.0  # pushed keys are read this often all the same
 LONG_WAIT = 10.0
 INTERRUPT_HOLDOFF = 5.0  # after cutting a long read short, no other for a while
 LINGER = 10.0  # an idle doorbell's session is destroyed this long after its last key went
+PUSH_RETRY = 60.0  # a group that could not take part in pushes tries again this often
 
 
 class Watch:
@@ -96,7 +98,8 @@ class _Group:
         self.last_long: tuple[str, int] = ("", 0)  # the key last read so, and its index
         self.interrupt: Interrupt | None = None
         self.no_long_until = 0.0
-        self.push = True  # False once the token or server cannot take part: polled
+        self.push = True  # False while the token or server cannot take part: polled
+        self.push_again_at = 0.0  # when a polled group tries pushes again
         self.doorbell: Doorbell | None = None
         self.next_safety = 0.0
         self.idle_since: float | None = None
@@ -161,16 +164,18 @@ class WaitingService:
                     blocking.no_long_until = time.monotonic() + INTERRUPT_HOLDOFF
         BACKGROUND.wake(self)
 
-    def cancel(self, watch: Watch, keys: Iterable[str] | None = None) -> None:
-        """Stop serving ``watch`` (it is done, timed out or cancelled), or just ``keys`` of it."""
+    def cancel(self, watch: Watch) -> None:
+        """Stop serving ``watch`` (it is done, timed out or cancelled). The keys no other watch
+        waits on are forgotten under the service's lock, in one step with the watch's removal:
+        a new waiter on one of them in between would find it registered, while its
+        registration is on its way to be cleaned up, and its rings taken for strays."""
+        wake = False
         with self._lock:
-            if keys is not None:
-                watch.keys.difference_update(keys)
-                return
-            owners = [g for g in self._groups.values() if watch in g.watches]
-            gone = [(g.doorbell, g.remove(watch)) for g in owners]
-        # keys nobody waits on any more are cleaned up with the next batch: a round then
-        if any(door is not None and door.forget(keys) for door, keys in gone):
+            for group in [g for g in self._groups.values() if watch in g.watches]:
+                gone = group.remove(watch)
+                if group.doorbell is not None:
+                    wake = group.doorbell.forget(gone) or wake
+        if wake:  # keys nobody waits on any more are cleaned up with the next batch
             BACKGROUND.wake(self)
 
     def watched_keys(self) -> int:
@@ -228,6 +233,8 @@ class WaitingService:
         with self._lock:
             keys = group.keys()
             fresh, group.fresh = group.fresh & keys, set()
+        if not group.push and now >= group.push_again_at:
+            group.push = True  # an ACL granted or an upgrade since: try again
         door = group.doorbell
         pushed = door is not None and not door.idle
         if group.push and (len(keys) > 1 or pushed or (keys and not may_block)):
@@ -250,14 +257,15 @@ class WaitingService:
         return group.next_poll
 
     def _push_round(self, group: _Group, keys: set[str], fresh: set[str], now: float) -> float:
-        """Register new keys, clean up old ones, and read every key once per ``SAFETY_NET``."""
+        """Register new keys, clean up old ones, and read every key once per ``SAFETY_NET``.
+        A step that fails is the error of the watches of the keys it concerned only."""
         group.idle_since = None
         door = group.doorbell or self._open(group, now)
-        door.forget(door.registered_keys() - keys)
+        with self._lock:  # as in cancel(): no waiter may come between the two
+            door.forget(door.registered_keys() - group.keys())
         new = sorted(keys - door.registered_keys())
         try:
-            if new:
-                self._dispatch(group, door.register(new))
+            failed = self._register(group, door, new)
             again = sorted(fresh - set(new))  # new waiters on keys registered already
             if again:
                 self._read(group, again)
@@ -273,11 +281,31 @@ class WaitingService:
             return time.monotonic()
         except SessionLost:
             return time.monotonic()  # registered again at once, with a new session
-        except Exception as exc:
-            self._fail(group, exc)
+        if failed:
             return time.monotonic() + ROUND_SECONDS
         cleanup = door.cleanup_due()
         return min(group.next_safety, cleanup if cleanup is not None else group.next_safety)
+
+    def _register(self, group: _Group, door: Doorbell, keys: list[str]) -> bool:
+        """Register ``keys``, handing each batch's reads over; whether a batch failed. Its
+        failure is the error of the watches of the keys not registered: the others'
+        registrations stand."""
+        if not keys:
+            return False
+        handed: set[str] = set()
+
+        def took(entries: dict[str, Entry | None]) -> None:
+            handed.update(entries)
+            self._dispatch(group, entries)
+
+        try:
+            door.register(keys, took)
+        except (PushUnavailable, SessionLost):
+            raise
+        except Exception as exc:
+            self._fail(group, exc, set(keys) - handed)
+            return True
+        return False
 
     def _open(self, group: _Group, now: float) -> Doorbell:
         group.doorbell = Doorbell(
@@ -289,16 +317,19 @@ class WaitingService:
         return group.doorbell
 
     def _unpushed(self, group: _Group, exc: BaseException) -> None:
-        """The token or server cannot take part: poll this group from now on."""
+        """The token or server cannot take part: poll this group, and try pushes again after
+        ``PUSH_RETRY`` (an ACL may be granted, a server upgraded). Said once in the log."""
         if not self._warned:
             self._warned = True
             logger.warning(
                 "consulresults: waiting polls every %g s instead of being pushed results: %s "
-                "(consul-results doctor says what the token needs)",
+                "(consul-results doctor says what the token needs); trying pushes again "
+                "every %g s",
                 ROUND_SECONDS,
                 exc,
+                PUSH_RETRY,
             )
-        group.push = False
+        group.push, group.push_again_at = False, time.monotonic() + PUSH_RETRY
         if group.doorbell is not None:
             group.doorbell.close()
             group.doorbell = None
@@ -320,7 +351,7 @@ class WaitingService:
         try:
             entries = group.store.entries(keys)
         except Exception as exc:
-            self._fail(group, exc)
+            self._fail(group, exc, keys)
             return
         self._dispatch(group, entries)
 
@@ -341,7 +372,7 @@ class WaitingService:
         except Interrupted:
             return time.monotonic()
         except Exception as exc:
-            self._fail(group, exc)
+            self._fail(group, exc, [key])
             group.last_long = ("", 0)
             return time.monotonic() + ROUND_SECONDS
         finally:
@@ -364,9 +395,11 @@ class WaitingService:
                         logger.exception("consulresults: a waiter failed to take its result")
                         group.remove(watch)
 
-    def _fail(self, group: _Group, exc: BaseException) -> None:
+    def _fail(self, group: _Group, exc: BaseException, keys: Iterable[str]) -> None:
+        """``exc`` is the error of the watches waiting on ``keys``, and of no other: a failed
+        step that concerned other keys cost them nothing."""
         with self._lock:
-            for watch in list(group.watches):
+            for watch in {w for key in keys for w in group.index.get(key, ())}:
                 watch.fail(exc)
 
 

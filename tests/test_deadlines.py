@@ -200,3 +200,30 @@ def test_a_hanging_resolver_is_cut_at_the_request_timeout(monkeypatch):
             transport.request("GET", "/v1/status/leader")
     finally:
         release.set()
+
+
+def test_the_parent_check_under_always_retry_ends_at_the_deadline(make_app, server):
+    """A failed result's get() reads its parents once more (to raise a failed parent's error,
+    as Celery does). Under always_retry with Celery's endless result_backend_max_retries,
+    that read's retries end at the caller's deadline when Consul fails meanwhile."""
+    app = app_on(make_app, server, **ALWAYS_RETRY)
+    backend = app.backend
+    backend.store_result("failed-child", ValueError("child"), states.FAILURE)
+    parent = backend._key(backend.get_key_for_task("pending-parent"))
+    # the parent check before the wait passes, the one after it fails for ever
+    server.faults.add(FaultRule("error", after=1, path_prefix=f"/v1/kv/{parent}"))
+    child = app.AsyncResult("failed-child", parent=app.AsyncResult("pending-parent"))
+    raised: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            child.get(timeout=2)
+        except BaseException as exc:
+            raised.append(exc)
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    with ends_within(2.0):
+        waiter.start()
+        waiter.join(2.0 + REQUEST_TIMEOUT + SLACK)
+    assert len(raised) == 1 and isinstance(raised[0], TimeoutError), raised
+    assert isinstance(raised[0].__cause__, consul.ConsulException)

@@ -104,7 +104,8 @@ def test_a_registration_reads_earlier_stores_and_later_ones_ring(make_app):
     before, after = (backend._key(backend.get_key_for_task(t)) for t in ("before", "after"))
     try:
         backend.store_result("before", 1, states.SUCCESS)
-        found = bell.register([before, after])
+        found: dict = {}
+        bell.register([before, after], found.update)
         assert backend.decode_result(found[before]["Value"])["result"] == 1
         assert found[after] is None
         backend.store_result("after", 2, states.SUCCESS)
@@ -375,3 +376,20 @@ def test_waiters_on_a_consul_before_1_14_poll(consul_dev_server_factory, make_ap
     app = make_app(backend=backend_url(server, "old"))
     ids = [f"old-{i}" for i in range(40)]
     assert stored_while_waiting(app, ids, timeout=60) == {t: i for i, t in enumerate(ids)}
+
+
+def test_only_ready_states_ring(make_app, api, consul_prefix):
+    """A STARTED (or any state not ready) wakes no waiter: none acts on it. Its store rings
+    nobody, so the doorbell's answers stay as short as the results still to clean up."""
+    app = make_app()
+    threads, outcomes = start_waiters(app, ["ready-1", "ready-2"], timeout=60)
+    registered(api, consul_prefix, 2)
+    session = waiting_session(api, consul_prefix)
+    rings_of = f"/{rings.WAITING_DIR}/d/{session}/"
+    app.backend.store_result("ready-1", None, states.STARTED)
+    assert rings.RINGER.flush(30)
+    assert [k for k in waiting_keys(api, consul_prefix) if rings_of in k] == []
+    app.backend.store_result("ready-1", 1, states.SUCCESS)
+    app.backend.store_result("ready-2", 2, states.SUCCESS)
+    joined(threads)
+    assert outcomes == {"ready-1": 1, "ready-2": 2}
