@@ -419,3 +419,33 @@ def test_a_forked_child_batches_with_its_own_queue(make_app):
             os._exit(code)
     assert os.waitpid(pid, 0)[1] == 0
     assert [stored(app, f"child-{i}") for i in range(50)] == [f"child-{i}" for i in range(50)]
+
+
+def test_a_thousand_chord_parts_from_64_threads_fire_the_body_once(make_app, monkeypatch):
+    """Parts' results batched together never tie a chord's decision: the body fires once."""
+    import uuid
+
+    from celery.app.task import Context
+    from celery.canvas import Signature
+
+    app = make_app()
+    backend = app.backend
+    fired: list[object] = []
+    monkeypatch.setattr(Signature, "delay", lambda self, *args, **kw: fired.append(args))
+    group_id = str(uuid.uuid4())
+    parts = [str(uuid.uuid4()) for _ in range(1000)]
+    body = app.signature("tests.body")
+    backend.apply_chord((group_id, [app.AsyncResult(p) for p in parts]), body)
+
+    def finish(share: list[str]) -> None:
+        for part in share:
+            backend.store_result(part, part, states.SUCCESS)
+            request = Context(id=part, group=group_id, chord=dict(body), errbacks=None)
+            backend.on_chord_part_return(request, states.SUCCESS, part)
+
+    threads, outcomes = in_threads([lambda n=n: finish(parts[n::64]) for n in range(64)])
+    for thread in threads:
+        thread.join(120)
+    assert not [o for o in outcomes.values() if isinstance(o, BaseException)], outcomes
+    assert len(fired) == 1
+    assert sorted(fired[0][0]) == sorted(parts)
