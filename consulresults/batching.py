@@ -151,9 +151,9 @@ class Batcher:
     # ------------------------------------------------------------------ waiting
 
     def _wait(self, me: Member) -> None:
-        """Sleep until done or handed the sending turn. Queued past its patience
-        or deadline, a member leaves the queue; in flight past its deadline, it may have been
-        applied. Either way it raises :class:`ConsulTimeout`."""
+        """Sleep until done or handed the sending turn. Queued past its patience or deadline, a
+        member leaves the queue; in flight past its deadline, it may have been applied. Either
+        way it raises :class:`ConsulTimeout`."""
         patience = time.monotonic() + self.patience
         try:
             while True:
@@ -252,9 +252,7 @@ class Batcher:
             if len(batch) == 1:
                 batch[0].finish(batch[0].solo())
             else:
-                answer = self._send_batch(batch)
-                if answer is not None:
-                    self._settle(batch, answer)
+                self._settle(batch, self._send_batch(batch))
             unsettled = []
         except Exception as exc:
             if len(batch) > 1 and isinstance(exc, ConsulError) and exc.status == 413:
@@ -268,7 +266,7 @@ class Batcher:
             for member in unsettled:  # the sender was killed mid-request
                 member.finish(error=_lost())
 
-    def _send_batch(self, batch: list[Member]) -> TxnAnswer | None:
+    def _send_batch(self, batch: list[Member]) -> TxnAnswer:
         ops = [op for member in batch for op in member.ops]
         deadlines = [m.deadline for m in batch]
         latest = math.inf if None in deadlines else max(d for d in deadlines if d is not None)
