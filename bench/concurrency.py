@@ -26,7 +26,8 @@ For this backend also, per row: the requests the dev server received per operati
 writes (the dev server's ``raft.writes``) per stored result; peak connections, the server's
 peak for 127.0.0.1 (less the bench's control connection) and the process's pool
 (``app.backend.transport.pool.stats()["peak"]``, reset to what is open at the release), and
-the pool's ``max_connections`` (``pool.limit``). For Redis, "conns" is the clients Redis holds
+the pool's ``max_connections`` (``pool.limit``), and the mean members of a batched txn (group
+commit: ``consulresults.batching.stats()`` over the row). For Redis, "conns" is the clients Redis holds
 at the end of the row beyond those it held before (it keeps no peak).
 
 One dev server (in its own process, ``--http-max-conns-per-client 0``: no limit per client,
@@ -86,6 +87,7 @@ from wait_latency import (
 )
 from wait_scale import Control
 
+from consulresults import batching
 from consulresults.devserver import DevServerProcess
 
 THREADS, GEVENT = "threads", "gevent"
@@ -249,6 +251,7 @@ def run_row(
         servers.consul.reset_connection_stats()
         assert pool is not None
         pool.peak = pool.stats()["open"]
+    batched_before = batching.stats()
     clients_before = redis_clients(servers) if not ours else 0
     released = time.perf_counter()
     with contextlib.suppress(threading.BrokenBarrierError):
@@ -311,9 +314,18 @@ def run_row(
             pool_peak=stats["peak"],
             max_connections=pool.limit,
             pool=stats,
+            batching=batching_delta(batched_before, batching.stats()),
         )
     row["load_after"] = load()
     return row
+
+
+def batching_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
+    """What group commit did during a row: txns of several members, their members, members
+    sent again after another's refusal, and the mean batch."""
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in ("batches", "members", "resent")}
+    mean = delta["members"] / delta["batches"] if delta["batches"] else None
+    return {**delta, "mean_batch": mean}
 
 
 # ---------------------------------------------------------------------------------- sweeps
@@ -426,7 +438,7 @@ def table(rows: list[dict], loads: tuple[float, float], notes: list[str]) -> Non
     print(
         f"\n{'kind':<7} {'C':>4} {'op':<5} {'backend':<13} {'ok':>9} {'ops/s':>7} {'p50 ms':>7} "
         f"{'p99 ms':>8} {'max ms':>8} {'req/op':>6} {'raft/st':>7} {'srv pk':>6} {'pool pk':>7} "
-        f"{'max_c':>5} {'x redis':>7} {'p99 x':>6}"
+        f"{'max_c':>5} {'x redis':>7} {'p99 x':>6} {'batch':>6}"
     )
     for row in rows:
         lat = row["latency"]
@@ -441,14 +453,16 @@ def table(rows: list[dict], loads: tuple[float, float], notes: list[str]) -> Non
             f"{number(row.get('raft_writes_per_store')):>7} {'-' if conns is None else conns:>6} "
             f"{row.get('pool_peak', '-'):>7} {row.get('max_connections', '-'):>5} "
             f"{ratio(row['per_second'], other and other['per_second']):>7} "
-            f"{ratio(lat['p99'], other and other['latency']['p99']):>6}"
+            f"{ratio(lat['p99'], other and other['latency']['p99']):>6} "
+            f"{number((row.get('batching') or {}).get('mean_batch'), 1):>6}"
         )
     print(
         "\nok: operations that succeeded; req/op: requests at the dev server per operation; "
         "raft/st: Raft writes per stored result; srv pk: the dev server's peak connections "
         "from 127.0.0.1 (for Redis: clients it held at the row's end beyond those before); "
         "pool pk / max_c: the pool's peak and its max_connections; x redis: our ops/s over "
-        "Redis's; p99 x: our p99 over Redis's"
+        "Redis's; p99 x: our p99 over Redis's; batch: the mean members of a batched txn "
+        "(group commit; '-': none formed)"
     )
     head = f"{'C=1000 over C=4':<16} {'op':<5} {'backend':<13} {'C=4 /s':>8} {'C=1000 /s':>9}"
     print(f"\n{head} ratio")
