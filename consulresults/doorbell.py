@@ -96,7 +96,6 @@ class Doorbell:
         self._anchored = False
         self._pid = os.getpid()
         self.rings = 0  # rings seen, for tests and benchmarks
-        self.queries = 0  # the doorbell's queries sent, likewise
 
     # ------------------------------------------------------------------ registering
 
@@ -331,7 +330,6 @@ class Doorbell:
         index, pause = 0, RETRY_PAUSE[0]
         seen: dict[str, int] = {}
         while self.session == session:
-            self.queries += 1
             try:
                 listed, index = self.store.read_prefix_blocking(
                     self.layout.doorbell(session), index, DOORBELL_WAIT, "default", interrupt

@@ -194,17 +194,6 @@ class WaitingService:
         with self._lock:
             return sum(g.doorbell is not None for g in self._groups.values())
 
-    def doorbell_queries(self, prefix: str | None = None) -> int:
-        """How many queries the doorbells of this process have sent, of the stores under
-        ``prefix`` if given: another test's or store's doorbell may linger (tests, benchmarks)."""
-        with self._lock:
-            doors = [
-                g.doorbell
-                for g in self._groups.values()
-                if g.doorbell is not None and prefix in (None, g.store.prefix)
-            ]
-        return sum(door.queries for door in doors)
-
     def blocking_on(self) -> str | None:
         """The key of the long blocking read in progress, if one is."""
         with self._lock:

@@ -311,3 +311,28 @@ def wait_gated(app, name: str, timeout: float = 60) -> None:
 
 def open_gate(app, name: str) -> None:
     Path(app.mark_dir, f"open-{name}").write_text("")
+
+
+@pytest.fixture
+def requests_from(monkeypatch):
+    """``requests_from(predicate)``: a list that gets (method, path) of every request sent to
+    Consul from then on by a thread for which ``predicate(thread)`` is true (the requests go
+    out as ever; this only watches which thread sends them)."""
+    import threading
+
+    from consulresults.connection import Transport
+
+    real = Transport.send
+
+    def watch(predicate):
+        seen: list[tuple[str, str]] = []
+
+        def send(transport, method, path, *args, **kwargs):
+            if predicate(threading.current_thread()):
+                seen.append((method, path))
+            return real(transport, method, path, *args, **kwargs)
+
+        monkeypatch.setattr(Transport, "send", send)
+        return seen
+
+    return watch
