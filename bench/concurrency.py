@@ -27,8 +27,8 @@ writes (the dev server's ``raft.writes``) per stored result; peak connections, t
 peak for 127.0.0.1 (less the bench's control connection) and the process's pool
 (``app.backend.transport.pool.stats()["peak"]``, reset to what is open at the release), and
 the pool's ``max_connections`` (``pool.limit``), and the mean members of a batched txn (group
-commit: ``consulresults.batching.stats()`` over the row). For Redis, "conns" is the clients Redis holds
-at the end of the row beyond those it held before (it keeps no peak).
+commit: ``consulresults.batching.stats()`` over the row). For Redis, "conns" is the clients
+Redis holds at the end of the row beyond those it held before (it keeps no peak).
 
 One dev server (in its own process, ``--http-max-conns-per-client 0``: no limit per client,
 healthy, no faults) and one ``redis-server`` of the bench's own (a free loopback port, no

@@ -94,6 +94,7 @@ class Doorbell:
         self._renewal: Timer | None = None
         self._interrupt: Interrupt | None = None
         self._anchored = False
+        self._listening = False  # the doorbell's query runs (not while nobody waits)
         self._pid = os.getpid()
         self.rings = 0  # rings seen, for tests and benchmarks
 
@@ -173,12 +174,12 @@ class Doorbell:
             for key in keys:
                 if key in self.registered:
                     self._forgotten[key] = self.registered.pop(key)
-            if len(self._forgotten) >= CLEANUP_BATCH:
-                return True
+            started = len(self._forgotten) >= CLEANUP_BATCH
             if self._forgotten and self._cleanup_at is None:
                 self._cleanup_at = time.monotonic() + CLEANUP_DELAY
-                return True
-            return False
+                started = True
+        self.rest()  # if that was the last key waited on
+        return started
 
     def cleanup_due(self) -> float | None:
         """When the forgotten keys are to be cleaned up (None: there are none)."""
@@ -252,11 +253,14 @@ class Doorbell:
 
     def _anchor(self, session: str) -> None:
         """The anchor exists now: from here on, its absence means the session is gone, so the
-        doorbell's query may start."""
+        doorbell's query may start (again, after a rest)."""
         with self._lock:
-            if self._anchored or self.session != session or self._interrupt is None:
+            if self.session != session or self._interrupt is None:
                 return
-            self._anchored, interrupt = True, self._interrupt
+            self._anchored = True
+            if self._listening:
+                return
+            self._listening, interrupt = True, self._interrupt
         listener = threading.Thread(
             target=self._listen,
             args=(session, interrupt),
@@ -293,7 +297,7 @@ class Doorbell:
         self.on_lost()
 
     def _stop_locked(self) -> None:
-        self.session = None
+        self.session, self._listening = None, False
         self.registered.clear()
         self._forgotten.clear()
         self._cleanup_at = None
@@ -313,6 +317,21 @@ class Doorbell:
                 self.store.transport.request("PUT", path, timeout=timeout)
             except Exception as exc:  # it lapses by itself within two TTLs
                 logger.debug("consulresults: destroying waiting session %s: %s", session, exc)
+
+    def rest(self) -> None:
+        """If no key is registered, the doorbell's query stops, so its connection goes back to
+        the budget (idle doorbells of a process's other prefixes would otherwise hold every
+        connection a blocking read may take, and the service's thread would wait for one). The
+        session stays; the next registration starts the query again, whose first answer lists
+        every ring there is. A stray ring meanwhile is the session's to delete."""
+        with self._lock:  # a registration marks its keys before its txn: never lost here
+            if self.registered or not self._listening:
+                return
+            if self._interrupt is None:
+                return
+            self._listening, interrupt = False, self._interrupt
+            self._interrupt = Interrupt()
+        interrupt.fire()
 
     def registered_keys(self) -> set[str]:
         with self._lock:

@@ -228,6 +228,8 @@ class WaitingService:
         pushed = door is not None and not door.idle
         if group.push and (len(keys) > 1 or pushed or (keys and not may_block)):
             return self._push_round(group, keys, fresh, now)
+        if door is not None:
+            door.rest()  # nobody is pushed: its query must not hold a connection
         if not keys:
             return self._linger(group, now)
         if may_block and len(keys) == 1 and now >= group.no_long_until:

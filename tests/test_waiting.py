@@ -248,3 +248,32 @@ def test_get_many_max_iterations_ends_without_on_interval(make_app, consul_prefi
     """Celery's contract: after max_iterations rounds, get_many stops, ready or not."""
     app = make_app()
     assert list(app.backend.get_many(["never-a", "never-b"], interval=0.05, max_iterations=2)) == []
+
+
+def test_idle_doorbells_of_other_prefixes_leave_a_lone_waiter_its_connection(
+    consul_dev_server_factory, make_app
+):
+    """A process that waited under three prefixes keeps their doorbells' sessions a while, but
+    not their queries: a blocking read may take all connections of the budget but one, and
+    three idle doorbells holding theirs would starve the next lone waiter."""
+    from conftest import backend_url
+
+    server = consul_dev_server_factory()
+    url = backend_url(server, "{}") + "?backpressure_patience=3"
+    for n in range(3):
+        app = make_app(backend=url.format(f"idle-{n}"))
+        ids = [f"pushed-{n}-{i}" for i in range(2)]
+        threads, outcomes = start_waiters(app, ids, timeout=60)
+        wait_until(lambda: WAITING.registered_keys() >= 2, 30, "keys registered")
+        for task_id in ids:
+            app.backend.store_result(task_id, task_id, states.SUCCESS)
+        for thread in threads:
+            thread.join(30)
+        assert outcomes == {i: i for i in ids}
+    lone = make_app(backend=url.format("lone"))
+    threads, outcomes = start_waiters(lone, ["alone"], timeout=60)
+    key = lone.backend._key(lone.backend.get_key_for_task("alone"))
+    wait_until(lambda: WAITING.blocking_on() == key, 30, "the lone key's blocking read")
+    lone.backend.store_result("alone", 1, states.SUCCESS)
+    threads[0].join(30)
+    assert outcomes == {"alone": 1}
