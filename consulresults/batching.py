@@ -48,6 +48,7 @@ TXN_OPS = 128
 LEGACY_TXN_OPS = 64
 TXN_MAX_BODY = 524_288  # the agent's default txn_max_req_len
 _MAX_SIZE = re.compile(r"max size: (\d+) bytes")
+_VALUE_KEY = re.compile(r'Value for key "((?:[^"\\]|\\.)*)" is too large')
 
 Send = Callable[[list[dict[str, Any]]], TxnAnswer]
 
@@ -69,12 +70,13 @@ class Member:
     queued: bool = False
     in_flight: bool = False
     turn: bool = False  # holds a sending turn (handed one, or sending)
+    gone: bool = False  # its caller gave up: never queued or handed a turn again
     value: Any = None
     error: BaseException | None = None
     event: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
-        self.size = len(json.dumps(self.ops)) - 1  # its ops, and the comma before them
+        self.size = len(json.dumps(self.ops))  # its ops, and the ", " before them
         self.chords = frozenset(c for c in map(chord_of, self.keys) if c)
 
     def finish(self, value: Any = None, error: BaseException | None = None) -> None:
@@ -111,7 +113,8 @@ class Batcher:
         self.senders = senders
         self.patience = patience
         self.max_ops = TXN_OPS
-        self.max_body = TXN_MAX_BODY
+        self.max_body = TXN_MAX_BODY  # a batch's, lowered by each 413
+        self.body_limit: int | None = None  # the agent's txn_max_req_len, once it named it
         self.stats = Stats()
         self.reset()
         forks.reset_in_forked_child(self)  # a parent's sender does not exist in the child
@@ -144,6 +147,9 @@ class Batcher:
                 self._send_turns(member)
             if not member.done:
                 self._wait(member)
+        with self._lock:
+            if member.turn:  # handed one as another sender answered it
+                self._pass_turn(member)
         if member.error is not None:
             raise member.error
         return member.value
@@ -173,6 +179,7 @@ class Batcher:
                         raise _timeout("may have been applied: its batch was still in flight")
         except BaseException:
             with self._lock:
+                me.gone = True
                 self._withdraw(me)
                 if me.turn:  # a turn handed to a member that gives up goes on
                     self._pass_turn(me)
@@ -245,32 +252,46 @@ class Batcher:
 
     def _send(self, batch: list[Member]) -> None:
         """One request for ``batch``; every member is finished or queued again, whatever
-        happens to the request (a killed sender's members get a lost answer)."""
+        happens to the request. Only Consul's and the network's failures are the members';
+        anything else (a gevent kill, ``SoftTimeLimitExceeded``) is the sender's own: its
+        members get a lost answer and the sender raises it."""
         unsettled = list(batch)
         try:
             self._count(batch)
             if len(batch) == 1:
-                batch[0].finish(batch[0].solo())
+                with until(_latest(batch)):  # the member's time, not the sender's own
+                    batch[0].finish(batch[0].solo())
             else:
                 self._settle(batch, self._send_batch(batch))
             unsettled = []
-        except Exception as exc:
-            if len(batch) > 1 and isinstance(exc, ConsulError) and exc.status == 413:
-                self._learn_limit(str(exc), batch)
-                self._requeue(batch)
-            else:  # the first keeps the failure as raised (its cause, its traceback)
-                for i, member in enumerate(batch):
+        except (ConsulError, ConsulUnreachable, ConsulTimeout, OSError) as exc:
+            if not (len(batch) > 1 and isinstance(exc, ConsulError) and exc.status == 413):
+                for i, member in enumerate(batch):  # the first keeps it as raised
                     member.finish(error=exc if i == 0 else _copied(exc))
+            else:
+                self._split(batch, exc)
             unsettled = []
         finally:
-            for member in unsettled:  # the sender was killed mid-request
+            for member in unsettled:
                 member.finish(error=_lost())
+
+    def _split(self, batch: list[Member], exc: ConsulError) -> None:
+        """A batch's 413: a value over the agent's limit is its member's alone; a txn over the
+        agent's limits teaches them, and the batch goes out again, split."""
+        named = _VALUE_KEY.search(exc.text)
+        owner = next((m for m in batch if named and named.group(1) in m.keys), None)
+        if owner is not None:
+            owner.finish(error=exc)
+            self._requeue([m for m in batch if m is not owner])
+            return
+        with self._lock:
+            self.stats.split += 1
+        self.learn(exc.text, sum(len(m.ops) for m in batch), sum(m.size for m in batch) + 2)
+        self._requeue(batch)
 
     def _send_batch(self, batch: list[Member]) -> TxnAnswer:
         ops = [op for member in batch for op in member.ops]
-        deadlines = [m.deadline for m in batch]
-        latest = math.inf if None in deadlines else max(d for d in deadlines if d is not None)
-        with until(latest):  # the members' time, not the sender's own
+        with until(_latest(batch)):  # the members' time, not the sender's own
             return batch[0].send(ops)
 
     def _count(self, batch: list[Member]) -> None:
@@ -300,28 +321,27 @@ class Batcher:
         self._requeue(again)
 
     def _requeue(self, members: list[Member]) -> None:
+        """Members to send again, at the head of the queue, woken to wait as queued ones (with
+        their patience); those whose caller gave up meanwhile are dropped."""
         with self._lock:
+            members = [m for m in members if not m.gone]
             self.stats.resent += len(members)
             for member in reversed(members):
                 member.in_flight, member.queued = False, True
                 self._queue.appendleft(member)
-
-    def _learn_limit(self, text: str, batch: list[Member]) -> None:
-        """A 413 for a batch: the agent's limit is lower than assumed; the batch is split."""
-        with self._lock:
-            self.stats.split += 1
-        self.learn(text, sum(len(m.ops) for m in batch), sum(m.size for m in batch) + 1)
+                member.event.set()
 
     def learn(self, text: str, ops: int, size: int) -> None:
         """The agent's limits from its 413 for a txn of ``ops`` operations and ``size`` bytes:
-        the number it names, else half of what it refused."""
+        the number it names (``body_limit``, what a store alone may reach), and batches kept
+        below what was refused, so that the next ones are smaller whatever it named."""
         if "too many operations" in text.lower():
             self.max_ops = min(LEGACY_TXN_OPS, ops // 2) if ops > LEGACY_TXN_OPS else ops // 2
             return
         found = _MAX_SIZE.search(text)
-        named = int(found.group(1)) if found else size // 2
-        # below what was refused, whatever the agent named: the next batches are smaller
-        self.max_body = min(self.max_body, named, size - 1)
+        if found:
+            self.body_limit = min(self.body_limit or TXN_MAX_BODY, int(found.group(1)))
+        self.max_body = min(self.max_body, self.body_limit or TXN_MAX_BODY, size - 1)
 
 
 def split_results(batch: list[Member], results: Iterable[dict[str, Any]]) -> list[list[Any]]:
@@ -354,6 +374,12 @@ def split_errors(batch: list[Member], errors: Iterable[dict[str, Any]]) -> list[
         owner = max(i for i, s in enumerate(starts) if s <= index)
         shares[owner].append({**error, "OpIndex": index - starts[owner]})
     return shares
+
+
+def _latest(batch: list[Member]) -> float:
+    """The latest deadline of the members (none: never)."""
+    deadlines = [m.deadline for m in batch]
+    return math.inf if None in deadlines else max(d for d in deadlines if d is not None)
 
 
 def _timeout(what: str) -> ConsulTimeout:

@@ -170,6 +170,8 @@ class Transport:
         if self._datacenter and not any(name == "dc" for name, _ in params):
             params.append(("dc", self._datacenter))
         params = self.scope.params(path, params)
+        if self.scope and path == "/v1/txn" and data:  # python-consul2's txn calls too
+            data = self._scoped_txn(data)
         query = f"?{urlencode(params)}" if params else ""
         request = _Request(
             method,
@@ -196,6 +198,12 @@ class Transport:
                     time.sleep(max(0.0, give_up - time.monotonic()))  # give up when due
                     raise self._refused(exc) from exc
                 time.sleep(delay)
+
+    def _scoped_txn(self, data: str | bytes) -> str:
+        """A txn body with the namespace and partition in each operation, once the scope was
+        checked (Consul CE ignores both in a txn: :mod:`consulresults.tenancy`)."""
+        self.scope.verify(lambda: self.request("GET", PROBE_KEY, expect=(200, 403, 404)))
+        return json.dumps(self.scope.ops(json.loads(data)))
 
     def _refused(self, exc: BackPressure) -> ConsulError:
         """Past the patience: the refusal, naming the limits to look at."""
@@ -347,11 +355,7 @@ class Transport:
         self, ops: list[dict[str, Any]], params: list[tuple[str, str]] | None = None
     ) -> TxnAnswer:
         """``ops`` applied atomically, or every failing operation's error, ACL denials too (a
-        batch's members each take their own: :mod:`consulresults.batching`). In a namespace or
-        partition, each operation carries it, once the scope was checked (:mod:`.tenancy`)."""
-        if self.scope:
-            self.scope.verify(lambda: self.request("GET", PROBE_KEY, expect=(200, 403, 404)))
-            ops = self.scope.ops(ops)
+        batch's members each take their own: :mod:`consulresults.batching`)."""
         response = self.request("PUT", "/v1/txn", params, body=ops, expect=(200, 409))
         if response.status == 200:
             return TxnAnswer(response.body["Results"] or [], [])

@@ -301,21 +301,18 @@ class KVStore:
 
     def _check_size(self, data: bytes) -> None:
         """Refuse a value Consul would refuse, before anything is sent: over its value limit,
-        or over the agent's txn body limit once base64-encoded (from about 393 KB)."""
+        or, once the agent named its txn body limit, over that once base64-encoded (from
+        about 393 KB at the default 512 KiB)."""
         encoded = 4 * math.ceil(len(data) / 3) + TXN_OVERHEAD
-        limit = self.writes.max_body
-        if len(data) <= MAX_VALUE_SIZE and encoded <= limit:
-            return
-        over = (
-            f"over Consul's {MAX_VALUE_SIZE}-byte value limit (kv_max_value_size)"
-            if len(data) > MAX_VALUE_SIZE
-            else f"about {encoded} bytes once base64-encoded in a transaction, over the agent's "
-            f"{limit}-byte txn_max_req_len"
-        )
-        raise ValueTooLarge(
-            f"result is {len(data)} bytes, {over}: set result_compression (e.g. 'zlib', "
-            "Celery 5.7+) or return less data"
-        )
+        limit = self.writes.body_limit
+        if len(data) > MAX_VALUE_SIZE:
+            raise _too_large(data, f"over Consul's {MAX_VALUE_SIZE}-byte value limit")
+        if limit is not None and encoded > limit:
+            raise _too_large(
+                data,
+                f"about {encoded} bytes once base64-encoded in a transaction, over the agent's "
+                f"{limit}-byte txn_max_req_len",
+            )
 
     def update(
         self,
@@ -392,9 +389,9 @@ class KVStore:
             answer = self._write_txn(ops, key)
         except ConsulError as exc:
             self._forget(key)  # a lost answer: the write loop reads again
-            if exc.status == 413:  # the agent's limit is lower than the default: say so clearly
-                self.writes.learn(str(exc), len(ops), len(json.dumps(ops)))
-                self._check_size(data)
+            if exc.status == 413:  # too large for the agent alone: say so clearly
+                self.writes.learn(exc.text, len(ops), len(json.dumps(ops)))
+                raise _too_large(data, f"refused by Consul ({exc.text})") from exc
             raise
         except Exception:
             self._forget(key)
@@ -472,6 +469,13 @@ class KVStore:
     def _forget(self, key: str) -> None:
         with self._known_lock:
             self._known.pop(key, None)
+
+
+def _too_large(data: bytes, why: str) -> ValueTooLarge:
+    return ValueTooLarge(
+        f"result is {len(data)} bytes, {why} (kv_max_value_size, txn_max_req_len): set "
+        "result_compression (e.g. 'zlib', Celery 5.7+) or return less data"
+    )
 
 
 def _write_ops(

@@ -217,7 +217,8 @@ class ResultOperations:
         """Keep what ACLs kept from a listing; tell ``on_hidden`` when it is new or worse."""
         if hiding is None:
             return
-        self.keys_hidden = self.keys_hidden or (keys and hiding == "hidden")
+        # "maybe" (no token, a deny-by-default agent) may hide keys too: no session is idle then
+        self.keys_hidden = self.keys_hidden or (keys and hiding in ("hidden", "maybe"))
         if self.hidden == "hidden" or hiding == self.hidden:
             return
         self.hidden = hiding

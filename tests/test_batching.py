@@ -290,14 +290,17 @@ def test_a_batch_over_the_agents_body_limit_is_split_and_a_result_too_big_fails_
     assert backend.get_task_meta("huge", cache=False)["status"] == states.PENDING
 
 
-def test_a_result_over_the_txn_body_limit_is_refused_before_it_is_sent(make_app, consul_server):
+def test_a_result_over_the_txn_body_limit_fails_alone_and_clearly(make_app, consul_server):
     """Between about 393 KB and 512 KiB a result passes the value limit but not the agent's
-    default txn body limit once base64-encoded: refused clearly, nothing sent."""
+    default txn body limit once base64-encoded: one txn, refused, and a clear error, not the
+    agent's bare 413."""
     backend = make_app().backend
+    backend.store_result("warm", 0, states.SUCCESS)
     consul_server.reset_counters()
-    with pytest.raises(BackendStoreError, match="txn_max_req_len"):
+    with pytest.raises(BackendStoreError, match="refused by Consul") as caught:
         backend.store_result("too-big", "z" * 450_000, states.SUCCESS)
-    assert consul_server.counters().get("txn", 0) == 0
+    assert "result_compression" in str(caught.value)
+    assert consul_server.counters().get("txn", 0) == 1
 
 
 def test_a_queued_store_keeps_its_callers_deadline(small_app, gate):
@@ -449,3 +452,71 @@ def test_a_thousand_chord_parts_from_64_threads_fire_the_body_once(make_app, mon
     assert not [o for o in outcomes.values() if isinstance(o, BaseException)], outcomes
     assert len(fired) == 1
     assert sorted(fired[0][0]) == sorted(parts)
+
+
+# Races no server can produce on cue, on a Batcher with sends of the test's own (focused).
+
+
+def member(key: str, send, solo=lambda: "alone", deadline=None) -> batching.Member:
+    op = {"KV": {"Verb": "set", "Key": key}}
+    found = batching.Member([op], frozenset([key]), solo, send)
+    if deadline is not None:
+        found.deadline = deadline
+    return found
+
+
+def test_a_member_that_gave_up_in_flight_is_never_sent_again_nor_handed_a_turn():
+    import time
+
+    from consulresults.answers import TxnAnswer
+
+    batcher = batching.Batcher(senders=1, patience=30)
+    release_solo, release_batch = threading.Event(), threading.Event()
+    sent: list[int] = []
+
+    def send(ops):
+        sent.append(len(ops))
+        release_batch.wait(30)
+        return TxnAnswer(None, [{"OpIndex": 0, "What": "failed index check"}])  # the first's
+
+    lead = member("lead", send, solo=lambda: release_solo.wait(30) and "lead")
+    first, late = member("first", send), member("late", send, deadline=time.monotonic() + 0.3)
+    threads, _ = in_threads([lambda: batcher.run(lead)])
+    wait_until(lambda: batcher.sending() == 1 and lead.in_flight, 30, "the lead sending")
+    more, results = in_threads([lambda: batcher.run(first), lambda: batcher.run(late)])
+    wait_until(lambda: batcher.queued() == 2, 30, "two queued")
+    release_solo.set()
+    wait_until(lambda: late.gone, 30, "the late member giving up in flight")
+    release_batch.set()
+    for thread in threads + more:
+        thread.join(30)
+    assert isinstance(results[1], ConsulTimeout) and "may have been applied" in str(results[1])
+    assert sent == [2]  # the late one was not sent again after the first's refusal
+    assert (batcher.queued(), batcher.sending()) == (0, 0)
+
+
+def test_an_interruption_of_the_sender_is_its_own_and_a_lost_answer_for_the_others():
+    """SoftTimeLimitExceeded is an Exception: raised in the sender, it is not the members'."""
+
+    class SoftTimeLimit(Exception):
+        pass
+
+    batcher = batching.Batcher(senders=1, patience=30)
+    release = threading.Event()
+
+    def send(ops):
+        raise SoftTimeLimit()
+
+    lead = member("lead", send, solo=lambda: release.wait(30) and "lead")
+    threads, _ = in_threads([lambda: batcher.run(lead)])
+    wait_until(lambda: lead.in_flight, 30, "the lead sending")
+    queued = [member(f"m{i}", send) for i in range(3)]
+    more, results = in_threads([lambda m=m: batcher.run(m) for m in queued])
+    wait_until(lambda: batcher.queued() == 3, 30, "queued")
+    release.set()
+    for thread in threads + more:
+        thread.join(30)
+    kinds = sorted(type(o).__name__ for o in results.values())
+    assert kinds.count("SoftTimeLimit") == 1, results
+    assert all(isinstance(o, (SoftTimeLimit, ConsulUnreachable)) for o in results.values())
+    assert (batcher.queued(), batcher.sending()) == (0, 0)
